@@ -1,0 +1,30 @@
+"""sparsity-planner: per-layer sparsity plans that maximize the expected linear-region bound.
+
+Importing the package is cheap: OR-Tools, PuLP and torch are imported only where they are used.
+"""
+
+from __future__ import annotations
+
+from .arch import PRESETS, Architecture
+from .bound import BoundReport, dense_log2_bound, expected_bound, log2_bound
+from .errors import (
+    ArchitectureError,
+    DensityError,
+    InputDimError,
+    PlanFormatError,
+    PlannerError,
+    ProblemError,
+    RankModelError,
+    SolverError,
+    SolverUnavailableError,
+)
+from .rank import RANK_MODELS, RankCache, RankDistribution, rank_distribution
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PRESETS", "Architecture", "BoundReport", "dense_log2_bound", "expected_bound", "log2_bound",
+    "ArchitectureError", "DensityError", "InputDimError", "PlanFormatError", "PlannerError",
+    "ProblemError", "RankModelError", "SolverError", "SolverUnavailableError",
+    "RANK_MODELS", "RankCache", "RankDistribution", "rank_distribution",
+]

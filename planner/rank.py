@@ -1,0 +1,339 @@
+"""Rank distributions P(k | rows, cols, p) of randomly pruned weight matrices (SPEC section 3).
+
+Every entry of a rows x cols matrix is kept independently with probability p and has a generic
+(e.g. Gaussian) value. Four estimators sit behind :func:`rank_distribution`:
+
+``sampled`` (default)
+    Structural rank (maximum bipartite matching of the nonzero pattern), which equals the rank
+    with probability 1 for generic values, over random patterns built sparse, with the paper's
+    adaptive sample size.
+``svd``
+    The paper's procedure: Gaussian matrix, Bernoulli(p) mask, numerical rank. Slow; for
+    validation.
+``analytic``
+    The paper's fast over-estimate: Binomial(m, 1 - (1-p)^n) with m, n the short and long side,
+    i.e. the number of non-empty lines of the short side.
+``exact``
+    Enumeration of every mask of a tiny matrix, weighted by p^|mask| (1-p)^(N-|mask|).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Callable
+
+import numpy as np
+
+from .errors import DensityError, RankModelError
+
+RANK_MODELS = ("sampled", "svd", "analytic", "exact")
+DEFAULT_RANK_MODEL = "sampled"
+
+#: The adaptive sample size of the paper: 50 samples, then until n >= 50 * (spread of ranks).
+SAMPLES_PER_RANK = 50
+#: Samples are drawn in batches of this size; batch b always uses the same random stream, so the
+#: result does not depend on how batches are scheduled.
+BATCH = 50
+#: A safety cap on the adaptive loop.
+MAX_SAMPLES = 200_000
+#: ``exact`` enumerates 2^(rows*cols) masks; above this many entries it refuses.
+EXACT_MAX_ENTRIES = 20
+
+
+@dataclass(frozen=True, eq=False)
+class RankDistribution:
+    """P(rank = k) for k = kmin .. kmin + len(probs) - 1 of a randomly pruned matrix."""
+
+    rows: int
+    cols: int
+    density: float
+    method: str
+    kmin: int
+    probs: np.ndarray
+    samples: int | None = None
+    log_probs: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        probs = np.asarray(self.probs, dtype=np.float64)
+        probs.setflags(write=False)
+        object.__setattr__(self, "probs", probs)
+        with np.errstate(divide="ignore"):
+            lp = np.log(probs)
+        lp.setflags(write=False)
+        object.__setattr__(self, "log_probs", lp)
+
+    @property
+    def kmax(self) -> int:
+        return self.kmin + len(self.probs) - 1
+
+    @property
+    def support(self) -> np.ndarray:
+        return np.arange(self.kmin, self.kmax + 1)
+
+    @property
+    def expected_rank(self) -> float:
+        return float(np.dot(self.support, self.probs))
+
+    def pmf(self, k: int) -> float:
+        i = k - self.kmin
+        return float(self.probs[i]) if 0 <= i < len(self.probs) else 0.0
+
+    @classmethod
+    def point_mass(cls, rows: int, cols: int, k: int, *, density: float = 1.0, method: str = "dense"):
+        return cls(rows, cols, density, method, k, np.ones(1))
+
+    def __repr__(self) -> str:
+        return (
+            f"RankDistribution({self.rows}x{self.cols}, p={self.density:g}, {self.method}, "
+            f"E[k]={self.expected_rank:.3f}, support={self.kmin}..{self.kmax})"
+        )
+
+
+def _density_bits(p: float) -> int:
+    """The exact bits of a float density, so seeds and cache keys never depend on formatting."""
+    return struct.unpack("<Q", struct.pack("<d", p))[0]
+
+
+def check_density(p: float, what: str = "density") -> float:
+    try:
+        p = float(p)
+    except (TypeError, ValueError):
+        raise DensityError(f"{what} must be a number in (0, 1], got {p!r}") from None
+    if not (0.0 < p <= 1.0) or math.isnan(p):
+        raise DensityError(f"{what} must be in (0, 1], got {p!r}")
+    return p
+
+
+def check_shape(rows: int, cols: int) -> None:
+    for s in (rows, cols):
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s <= 0:
+            raise RankModelError(f"matrix sides must be positive integers, got {rows!r} x {cols!r}")
+
+
+# ---------------------------------------------------------------------------------- samplers
+
+
+def _bernoulli_positions(n_entries: int, p: float, rng: np.random.Generator) -> np.ndarray:
+    """Sorted flat positions of an iid Bernoulli(p) mask over ``n_entries``, in O(p * n_entries):
+    gaps between kept entries are Geometric(p)."""
+    expected = n_entries * p
+    chunk = int(expected + 6.0 * math.sqrt(expected) + 16)
+    pos = np.cumsum(rng.geometric(p, size=chunk)) - 1
+    while pos[-1] < n_entries:
+        more = pos[-1] + np.cumsum(rng.geometric(p, size=chunk))
+        pos = np.concatenate([pos, more])
+    return pos[: np.searchsorted(pos, n_entries)]
+
+
+def _structural_rank_sample(short: int, long: int, p: float, rng: np.random.Generator) -> int:
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import maximum_bipartite_matching
+
+    pos = _bernoulli_positions(short * long, p, rng)
+    if len(pos) == 0:
+        return 0
+    row = pos // long
+    col = (pos - row * long).astype(np.int32)
+    indptr = np.searchsorted(row, np.arange(short + 1)).astype(np.int32)
+    pattern = csr_matrix((np.ones(len(pos), dtype=np.int8), col, indptr), shape=(short, long))
+    matching = maximum_bipartite_matching(pattern, perm_type="column")
+    return int(np.count_nonzero(matching >= 0))
+
+
+def _numerical_rank_sample(short: int, long: int, p: float, rng: np.random.Generator) -> int:
+    values = rng.standard_normal((short, long))
+    values *= rng.random((short, long)) < p
+    return int(np.linalg.matrix_rank(values))
+
+
+def _batch_rng(seed: int, method: str, short: int, long: int, p: float, batch: int):
+    tag = RANK_MODELS.index(method)
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, tag, short, long, _density_bits(p), batch])
+
+
+def _adaptive_ranks(
+    method: str,
+    short: int,
+    long: int,
+    p: float,
+    seed: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    draw = _structural_rank_sample if method == "sampled" else _numerical_rank_sample
+    ranks: list[int] = []
+    batch = 0
+    target = SAMPLES_PER_RANK
+    while len(ranks) < target and len(ranks) < MAX_SAMPLES:
+        rng = _batch_rng(seed, method, short, long, p, batch)
+        ranks.extend(draw(short, long, p, rng) for _ in range(BATCH))
+        batch += 1
+        spread = max(ranks) - min(ranks) + 1
+        target = max(target, SAMPLES_PER_RANK * spread)
+        if progress is not None:
+            progress(len(ranks), min(target, MAX_SAMPLES))
+    return np.asarray(ranks, dtype=np.int64)
+
+
+def _from_samples(rows, cols, p, method, ranks: np.ndarray) -> RankDistribution:
+    kmin = int(ranks.min())
+    counts = np.bincount(ranks - kmin)
+    return RankDistribution(rows, cols, p, method, kmin, counts / counts.sum(), samples=len(ranks))
+
+
+# ---------------------------------------------------------------------------------- analytic
+
+
+def _analytic(rows: int, cols: int, p: float) -> RankDistribution:
+    from scipy.special import gammaln
+
+    m, n = min(rows, cols), max(rows, cols)
+    # q = 1 - (1-p)^n, the chance that a line of the short side is non-empty, without
+    # cancellation for tiny p
+    log_1mq = n * math.log1p(-p)
+    q = -math.expm1(log_1mq)
+    k = np.arange(m + 1, dtype=np.float64)
+    log_pmf = gammaln(m + 1.0) - gammaln(k + 1.0) - gammaln(m - k + 1.0)
+    log_pmf += k * math.log(q) + (m - k) * log_1mq
+    probs = np.exp(log_pmf - log_pmf.max())
+    nz = np.nonzero(probs > 0)[0]
+    lo, hi = int(nz[0]), int(nz[-1])
+    probs = probs[lo : hi + 1]
+    return RankDistribution(rows, cols, p, "analytic", lo, probs / probs.sum())
+
+
+# ---------------------------------------------------------------------------------- exact
+
+
+@lru_cache(maxsize=64)
+def _exact_rank_table(short: int, long: int) -> np.ndarray:
+    """table[e, k] = number of masks with e kept entries whose structural rank is k.
+
+    Structural rank by the deficiency form of Hall's theorem: rank = short - max over row
+    subsets S of (|S| - |N(S)|), with N(S) the columns S touches.
+    """
+    n_entries = short * long
+    masks = np.arange(1 << n_entries, dtype=np.uint32)
+    line = np.uint32((1 << long) - 1)
+    row_bits = [(masks >> np.uint32(i * long)) & line for i in range(short)]
+    deficiency = np.zeros(len(masks), dtype=np.int64)
+    for subset in range(1, 1 << short):
+        members = [i for i in range(short) if subset >> i & 1]
+        neighbours = np.zeros(len(masks), dtype=np.uint32)
+        for i in members:
+            neighbours |= row_bits[i]
+        np.maximum(deficiency, len(members) - np.bitwise_count(neighbours).astype(np.int64), out=deficiency)
+    rank = short - deficiency
+    edges = np.bitwise_count(masks).astype(np.int64)
+    table = np.zeros((n_entries + 1, short + 1), dtype=np.int64)
+    np.add.at(table, (edges, rank), 1)
+    return table
+
+
+def _exact(rows: int, cols: int, p: float) -> RankDistribution:
+    if rows * cols > EXACT_MAX_ENTRIES:
+        raise RankModelError(
+            f"the exact rank model enumerates 2^(rows*cols) masks and is limited to "
+            f"{EXACT_MAX_ENTRIES} entries; {rows}x{cols} has {rows * cols}: use 'sampled' instead"
+        )
+    short, long = min(rows, cols), max(rows, cols)
+    table = _exact_rank_table(short, long)
+    n_entries = short * long
+    e = np.arange(n_entries + 1)
+    weight = p**e * (1.0 - p) ** (n_entries - e)
+    probs = weight @ table
+    nz = np.nonzero(probs > 0)[0]
+    lo, hi = int(nz[0]), int(nz[-1])
+    probs = probs[lo : hi + 1]
+    return RankDistribution(rows, cols, p, "exact", lo, probs / probs.sum())
+
+
+# ---------------------------------------------------------------------------------- front door
+
+
+class RankCache:
+    """Memory cache in front of an optional :class:`~planner.cache.DiskCache`.
+
+    Only the sampled estimators (``sampled``, ``svd``) go to disk; the others are cheap.
+    """
+
+    def __init__(self, directory=None, *, disk: bool = True):
+        from .cache import DiskCache, default_cache_dir
+
+        self.memory: dict[tuple, RankDistribution] = {}
+        if disk:
+            directory = default_cache_dir() if directory is None else directory
+        self.disk = DiskCache(directory) if disk and directory is not None else None
+
+    @staticmethod
+    def key(short: int, long: int, p: float, method: str, seed: int | None) -> str:
+        return f"{method}|{short}x{long}|p={float(p).hex()}|seed={seed}"
+
+
+_default_cache: RankCache | None = None
+
+
+def default_cache() -> RankCache:
+    global _default_cache
+    if _default_cache is None:
+        _default_cache = RankCache()
+    return _default_cache
+
+
+def rank_distribution(
+    rows: int,
+    cols: int,
+    density: float,
+    method: str = DEFAULT_RANK_MODEL,
+    *,
+    seed: int = 0,
+    cache: RankCache | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> RankDistribution:
+    """P(k | rows, cols, density) under the named rank model.
+
+    Deterministic in (rows, cols, density, method, seed). The rank of a matrix equals the rank
+    of its transpose, so (rows, cols) and (cols, rows) share one estimate. ``progress`` is
+    called as ``progress(samples_done, samples_planned)`` by the sampled models.
+    """
+    check_shape(rows, cols)
+    p = check_density(density)
+    if method not in RANK_MODELS:
+        raise RankModelError(f"unknown rank model {method!r}; choose one of {', '.join(RANK_MODELS)}")
+    short, long = min(rows, cols), max(rows, cols)
+    if p == 1.0:  # a dense generic matrix has full rank with probability 1
+        return RankDistribution(rows, cols, p, method, short, np.ones(1), samples=0)
+    if method == "exact":  # checked before the cache so the refusal is the same every time
+        return _exact(rows, cols, p)
+    cache = default_cache() if cache is None else cache
+    seeded = method in ("sampled", "svd")
+    key = RankCache.key(short, long, p, method, int(seed) if seeded else None)
+    hit = cache.memory.get(key)
+    if hit is None and seeded and cache.disk is not None:
+        payload = cache.disk.get(key)
+        if payload is not None:
+            try:
+                counts = np.asarray(payload["counts"], dtype=np.int64)
+                if counts.ndim != 1 or len(counts) == 0 or (counts < 0).any() or counts.sum() <= 0:
+                    raise ValueError("bad counts")
+                hit = RankDistribution(
+                    short, long, p, method, int(payload["kmin"]), counts / counts.sum(),
+                    samples=int(counts.sum()),
+                )
+            except (KeyError, TypeError, ValueError):
+                hit = None
+    if hit is None:
+        if method == "analytic":
+            hit = _analytic(short, long, p)
+        else:
+            ranks = _adaptive_ranks(method, short, long, p, int(seed), progress)
+            hit = _from_samples(short, long, p, method, ranks)
+            if cache.disk is not None:
+                counts = np.bincount(ranks - hit.kmin)
+                cache.disk.put(key, {"kmin": hit.kmin, "counts": counts.tolist()})
+        cache.memory[key] = hit
+    if (hit.rows, hit.cols) != (rows, cols):
+        hit = RankDistribution(rows, cols, p, method, hit.kmin, hit.probs, samples=hit.samples)
+    return hit

@@ -13,7 +13,7 @@ from .fileio import atomic_write_text
 log = logging.getLogger(__name__)
 
 #: Bump when the stored payload or the estimators change, so old entries are never reused.
-CACHE_FORMAT = "rank-cache/1"
+CACHE_FORMAT = "rank-cache/2"
 ENV_VAR = "SPARSITY_PLANNER_CACHE_DIR"
 
 
@@ -49,14 +49,14 @@ class DiskCache:
     def get(self, key: str) -> dict | None:
         path = self._path(key)
         try:
-            raw = path.read_text(encoding="utf-8")
+            raw = path.read_bytes()
         except FileNotFoundError:
             return None
         except OSError as exc:
             log.warning("rank cache: cannot read %s (%s); recomputing", path, exc)
             return None
         try:
-            entry = json.loads(raw)
+            entry = json.loads(raw.decode("utf-8"))  # a corrupt byte may be invalid UTF-8
             ok = (
                 isinstance(entry, dict)
                 and entry.get("format") == CACHE_FORMAT

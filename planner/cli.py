@@ -170,6 +170,104 @@ def bound(arch, density, sweep, rank_model, input_dim, seed, cache_dir, no_cache
     click.echo(f"dense log2 bound  {report.dense_log2_bound:.4f}")
 
 
+@cli.command(name="plan")
+@click.option("--arch", default=None, help="Sizes input,hidden...,output (e.g. 784,300,100,10) or a preset.")
+@click.option("--density", type=float, default=None, help="Global density: kept fraction of the prunable weights.")
+@click.option("--keep", type=int, default=None, help="Kept weights (instead of --density).")
+@click.option("--solver", default="cpsat", show_default=True, help="cpsat, ortools-mip, pulp or exact.")
+@with_options(common_rank_options)
+@click.option("--grid", type=int, default=32, show_default=True, help="Candidate keep-counts per layer.")
+@click.option("--min-density", type=float, default=None, help="Lowest density any prunable layer may get.")
+@click.option("--max-density", type=float, default=None, help="Highest density any prunable layer may get.")
+@click.option("--prune-output", is_flag=True, help="Prune the output layer too (at the global density).")
+@click.option("--tie-break", type=click.Choice(["robust", "none"]), default="robust", show_default=True,
+              help="How plans with equal bounds are ordered.")
+@click.option("--time-limit", type=float, default=None, help="Seconds the integer program may take.")
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="Solver threads (1 is deterministic; more may be faster).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the plan file here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan file to stdout instead of a table.")
+def plan_command(arch, density, keep, solver, rank_model, input_dim, seed, cache_dir, no_cache, grid,
+                 min_density, max_density, prune_output, tie_break, time_limit, threads, output, as_json):
+    """Plan per-layer densities that maximize the expected linear-region bound."""
+    from .allocate import plan as make_plan
+    from .arch import Architecture
+
+    if arch is None:
+        raise click.UsageError("give --arch (e.g. --arch 784,300,100,10)")
+    net = Architecture.parse(arch)
+    if (density is None) == (keep is None):
+        raise click.UsageError("give exactly one of --density and --keep")
+    if time_limit is not None and time_limit <= 0:
+        raise click.UsageError("--time-limit must be positive")
+    if threads < 1:
+        raise click.UsageError("--threads must be at least 1")
+    if output is not None:
+        from pathlib import Path
+
+        parent = Path(output).parent
+        if not parent.is_dir():
+            raise click.UsageError(f"cannot write {output}: directory {parent} does not exist")
+    with plan_progress(not as_json) as progress:
+        result = make_plan(
+            net, density=density, keep=keep, solver=solver, rank_model=rank_model, grid=grid,
+            min_density=min_density, max_density=max_density, prune_output=prune_output,
+            input_dim=input_dim, time_limit=time_limit, threads=threads, seed=seed,
+            tie_break=tie_break, cache=_make_cache(cache_dir, no_cache), progress=progress,
+        )
+    if output is not None:
+        result.save(output)
+    if as_json:
+        click.echo(result.to_json(), nl=False)
+        return
+    print_plan(result)
+    if output is not None:
+        click.echo(f"plan written to {output}")
+
+
+def print_plan(result) -> None:
+    obj = result.objective
+    arch = result.architecture.get("sizes")
+    head = f"architecture {','.join(map(str, arch))}  " if arch else ""
+    click.echo(f"{head}strategy {result.strategy}  rank model {obj.get('rank_model')} (seed {result.seed})"
+               f"  d0 = {result.input_dim}")
+    _table(None, [("layer", "left"), ("shape", "right"), ("keep", "right"), ("density", "right"),
+                  ("expected rank", "right"), ("", "left")],
+           [[layer.name, f"{layer.rows}x{layer.cols}", str(layer.keep), f"{layer.density:.4f}",
+             "" if layer.expected_rank is None else f"{layer.expected_rank:.2f}",
+             "frozen" if layer.frozen else ("" if layer.in_bound else "outside the bound")]
+            for layer in result.layers])
+    click.echo(f"kept {result.kept} of {result.prunable} prunable weights (density {result.global_density:.4f})")
+    click.echo(f"log2 bound          {obj['log2_bound']:.4f}")
+    if obj.get("uniform_log2_bound") is not None:
+        click.echo(f"uniform log2 bound  {obj['uniform_log2_bound']:.4f}")
+    if obj.get("certificate_log2_upper") is not None:
+        click.echo(f"certificate         no plan on the grid exceeds {obj['certificate_log2_upper']:.4f} "
+                   f"(gap {obj['certificate_gap_bits']:.2f} bits)")
+    click.echo(f"solver              {result.solver.get('name')} ({result.solver.get('status')})")
+
+
+@contextmanager
+def plan_progress(enabled: bool):
+    """Yields ``callback(stage, done, total)`` drawing one bar per stage on a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        tasks: dict[str, int] = {}
+
+        def callback(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield callback
+
+
 # ------------------------------------------------------------------------------ entry point
 
 

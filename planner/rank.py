@@ -121,26 +121,41 @@ def _bernoulli_positions(n_entries: int, p: float, rng: np.random.Generator) -> 
     gaps between kept entries are Geometric(p)."""
     expected = n_entries * p
     chunk = int(expected + 6.0 * math.sqrt(expected) + 16)
-    pos = np.cumsum(rng.geometric(p, size=chunk)) - 1
+    # For tiny p the draws saturate at 2^63 - 1 and their sum would overflow; a gap beyond
+    # n_entries ends the pattern anyway, so clip it there (the same draws, the same masks).
+    cap = n_entries + 1
+    pos = np.cumsum(np.minimum(rng.geometric(p, size=chunk), cap)) - 1
     while pos[-1] < n_entries:
-        more = pos[-1] + np.cumsum(rng.geometric(p, size=chunk))
+        more = pos[-1] + np.cumsum(np.minimum(rng.geometric(p, size=chunk), cap))
         pos = np.concatenate([pos, more])
     return pos[: np.searchsorted(pos, n_entries)]
 
 
-def _structural_rank_sample(short: int, long: int, p: float, rng: np.random.Generator) -> int:
+def _structural_rank_batch(short: int, long: int, p: float, rng: np.random.Generator, count: int) -> list[int]:
+    """Structural ranks of ``count`` independent Bernoulli(p) patterns in one matching call.
+
+    The patterns are laid out as the diagonal blocks of one sparse matrix; a maximum matching of
+    a disjoint union is a maximum matching of every block, so the matched rows of each block
+    give its rank. One call per batch instead of one per sample removes the per-call overhead
+    that dominated small and sparse layers.
+    """
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import maximum_bipartite_matching
 
-    pos = _bernoulli_positions(short * long, p, rng)
+    entries = short * long
+    pos = _bernoulli_positions(count * entries, p, rng)
     if len(pos) == 0:
-        return 0
-    row = pos // long
-    col = (pos - row * long).astype(np.int32)
-    indptr = np.searchsorted(row, np.arange(short + 1)).astype(np.int32)
-    pattern = csr_matrix((np.ones(len(pos), dtype=np.int8), col, indptr), shape=(short, long))
-    matching = maximum_bipartite_matching(pattern, perm_type="column")
-    return int(np.count_nonzero(matching >= 0))
+        return [0] * count
+    block, local = np.divmod(pos, entries)
+    row, col = np.divmod(local, long)
+    row += block * short
+    col += block * long
+    indptr = np.searchsorted(row, np.arange(count * short + 1)).astype(np.int32)
+    pattern = csr_matrix(
+        (np.ones(len(pos), dtype=np.int8), col.astype(np.int32), indptr), shape=(count * short, count * long)
+    )
+    matched_rows = maximum_bipartite_matching(pattern, perm_type="column") >= 0
+    return np.count_nonzero(matched_rows.reshape(count, short), axis=1).tolist()
 
 
 def _numerical_rank_sample(short: int, long: int, p: float, rng: np.random.Generator) -> int:
@@ -162,13 +177,19 @@ def _adaptive_ranks(
     seed: int,
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
-    draw = _structural_rank_sample if method == "sampled" else _numerical_rank_sample
     ranks: list[int] = []
     batch = 0
     target = SAMPLES_PER_RANK
     while len(ranks) < target and len(ranks) < MAX_SAMPLES:
         rng = _batch_rng(seed, method, short, long, p, batch)
-        ranks.extend(draw(short, long, p, rng) for _ in range(BATCH))
+        if method == "sampled":
+            # several patterns per matching call pay off for small layers; for large ones the
+            # union's longer augmenting phases cost more than the call overhead saved
+            per_call = max(1, min(BATCH, 3000 // short))
+            for start in range(0, BATCH, per_call):
+                ranks.extend(_structural_rank_batch(short, long, p, rng, min(per_call, BATCH - start)))
+        else:
+            ranks.extend(_numerical_rank_sample(short, long, p, rng) for _ in range(BATCH))
         batch += 1
         spread = max(ranks) - min(ranks) + 1
         target = max(target, SAMPLES_PER_RANK * spread)
@@ -318,9 +339,11 @@ def rank_distribution(
                 counts = np.asarray(payload["counts"], dtype=np.int64)
                 if counts.ndim != 1 or len(counts) == 0 or (counts < 0).any() or counts.sum() <= 0:
                     raise ValueError("bad counts")
+                kmin = int(payload["kmin"])
+                if kmin < 0 or kmin + len(counts) - 1 > short:
+                    raise ValueError("ranks outside 0..min(rows, cols)")
                 hit = RankDistribution(
-                    short, long, p, method, int(payload["kmin"]), counts / counts.sum(),
-                    samples=int(counts.sum()),
+                    short, long, p, method, kmin, counts / counts.sum(), samples=int(counts.sum()),
                 )
             except (KeyError, TypeError, ValueError):
                 hit = None

@@ -25,7 +25,7 @@ import numpy as np
 
 from .arch import Architecture
 from .bound import LN2, log_bound
-from .errors import DensityError, PlannerError, ProblemError
+from .errors import DensityError, InfeasibleError, PlannerError, ProblemError
 from .plan import Plan, PlanLayer
 from .problem import AllocationProblem, LayerOption, LinearBudget, log_terms, maxplus_tables
 from .rank import RANK_MODELS, RankCache, check_density, rank_distribution
@@ -38,10 +38,6 @@ DEFAULT_GRID = 32
 GRID_SPAN = 32
 #: uniform is the floor: a plan may not be below it by more than float noise
 NOT_WORSE_EPS_BITS = 1e-9
-
-
-class InfeasibleError(PlannerError):
-    """No allocation meets the budgets and per-layer limits."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +138,8 @@ class Scorer:
     """Scores of grid choices: the exact bound at the candidates' densities, and the robustness
     tie-break levels B(p / 2^i), computed lazily and shared between plans."""
 
-    def __init__(self, problem, cands, grid, rank_model, seed, cache, tie_break):
+    def __init__(self, problem, cands=None, grid=None, rank_model="sampled", seed=0, cache=None,
+                 tie_break="none"):
         self.problem, self.cands, self.grid = problem, cands, grid
         self.rank_model, self.seed, self.cache, self.tie_break = rank_model, seed, cache, tie_break
         self._levels: dict[tuple, list[float]] = {}
@@ -180,7 +177,7 @@ class Scorer:
         """Is choice ``a`` strictly better than ``b`` under the tie-break?"""
         if a == b:
             return False
-        levels = ROBUST_LEVELS if self.tie_break == "robust" else 1
+        levels = ROBUST_LEVELS if self.tie_break == "robust" and self.cands is not None else 1
         for i in range(levels):
             ra = round(self.level(a, i) / TIE_RESOLUTION_BITS)
             rb = round(self.level(b, i) / TIE_RESOLUTION_BITS)
@@ -368,37 +365,12 @@ def plan(
         if problem.feasible(uc):
             uniform_choice = uc
 
-    # stage B
-    _progress(progress, "integer program", 0, 1)
-    backend = get_solver(solver)
-    result = backend.solve(problem, time_limit=time_limit, threads=threads, seed=seed,
-                           pool_size=pool_size, hint=uniform_choice)
-    _progress(progress, "integer program", 1, 1)
-    if result.status.value == "INFEASIBLE":
-        raise InfeasibleError(f"no allocation meets the budgets ({result.message or 'solver: infeasible'})")
-    if not result.has_solution:
-        raise InfeasibleError(f"solver {solver} found no solution ({result.status}; {result.message}); "
-                              "raise --time-limit")
-    certificate = None
-    if result.best_bound is not None:
-        upper = result.best_bound
-        if backend.objective != "exact":
-            upper += log_terms(maxplus_tables(problem))
-        certificate = upper / LN2
-
-    # stage C: exact scores, local search, leftover weights
+    # stages B and C
     scorer = Scorer(problem, cands, dgrid, rank_model, seed, cache, tie_break)
-    floor_bits = None if uniform_choice is None else scorer.exact(uniform_choice)
-
-    def admissible(choice):
-        return floor_bits is None or scorer.exact(choice) >= floor_bits - NOT_WORSE_EPS_BITS
-
-    starts = list(dict.fromkeys([result.choice, *result.pool] + ([uniform_choice] if uniform_choice else [])))
-    best_choice = None
-    for c in starts:
-        if admissible(c) and (best_choice is None or scorer.better(c, best_choice)):
-            best_choice = c
-    best_choice = _local_search(problem, scorer, best_choice, admissible, progress)
+    best_choice, result, certificate = optimize(
+        problem, scorer, solver=solver, uniform_choice=uniform_choice, time_limit=time_limit,
+        threads=threads, seed=seed, pool_size=pool_size, progress=progress,
+    )
     keeps = _fill(problem, list(problem.keeps(best_choice)), chain, flops_budget, max_keep)
 
     def bits_at(keeps_):
@@ -441,6 +413,59 @@ def plan(
               "min_density": min_density, "max_density": max_density, "max_flops": max_flops}
     return Plan(architecture_info, "lr-bound", target, plan_layers, d0, objective,
                 {"name": solver, "status": str(result.status)}, seed)
+
+
+def optimize(
+    problem: AllocationProblem,
+    scorer: "Scorer | None" = None,
+    *,
+    solver: str = "cpsat",
+    uniform_choice: tuple[int, ...] | None = None,
+    time_limit: float | None = None,
+    threads: int = 1,
+    seed: int = 0,
+    pool_size: int = 1,
+    progress=None,
+):
+    """Stages B and C on a built problem: the backend's integer program, then exact scores of
+    its solutions (and of ``uniform_choice``) and a local search on the exact objective.
+
+    Returns ``(choice, solve_result, certificate_log2_upper)``; raises :class:`InfeasibleError`
+    when the backend proves infeasibility or finds nothing. No returned choice is below
+    ``uniform_choice`` in exact bound.
+    """
+    from solvers import get_solver
+
+    scorer = scorer or Scorer(problem)
+    _progress(progress, "integer program", 0, 1)
+    backend = get_solver(solver)
+    result = backend.solve(problem, time_limit=time_limit, threads=threads, seed=seed,
+                           pool_size=pool_size, hint=uniform_choice)
+    _progress(progress, "integer program", 1, 1)
+    if result.status.value == "INFEASIBLE":
+        raise InfeasibleError(f"no allocation meets the budgets ({result.message or 'solver: infeasible'})")
+    if not result.has_solution:
+        raise InfeasibleError(f"solver {solver} found no solution ({result.status}; {result.message}); "
+                              "raise --time-limit")
+    certificate = None
+    if result.best_bound is not None:
+        upper = result.best_bound
+        if backend.objective != "exact":
+            upper += log_terms(maxplus_tables(problem))
+        certificate = upper / LN2
+
+    floor_bits = None if uniform_choice is None else scorer.exact(uniform_choice)
+
+    def admissible(choice):
+        return floor_bits is None or scorer.exact(choice) >= floor_bits - NOT_WORSE_EPS_BITS
+
+    starts = list(dict.fromkeys([result.choice, *result.pool] + ([uniform_choice] if uniform_choice else [])))
+    best = None
+    for c in starts:
+        if problem.feasible(c) and admissible(c) and (best is None or scorer.better(c, best)):
+            best = c
+    best = _local_search(problem, scorer, best, admissible, progress)
+    return best, result, certificate
 
 
 def _neighbours(problem: AllocationProblem, choice: tuple[int, ...], reach: int = 2):

@@ -44,7 +44,8 @@ class DiskCache:
         self.directory = Path(directory)
 
     def _path(self, key: str) -> Path:
-        return self.directory / (hashlib.sha256(key.encode()).hexdigest()[:40] + ".json")
+        # the format is part of the name: entries of another format are simply not found
+        return self.directory / (hashlib.sha256(f"{CACHE_FORMAT}|{key}".encode()).hexdigest()[:40] + ".json")
 
     def get(self, key: str) -> dict | None:
         path = self._path(key)

@@ -37,3 +37,7 @@ class SolverUnavailableError(SolverError):
 
 class ProblemError(PlannerError, ValueError):
     """An allocation problem is malformed (budgets, bounds, frozen layers)."""
+
+
+class InfeasibleError(PlannerError):
+    """No allocation meets the budgets and per-layer limits."""

@@ -28,7 +28,7 @@ from .bound import LN2, log_bound
 from .errors import DensityError, InfeasibleError, PlannerError, ProblemError
 from .plan import Plan, PlanLayer
 from .problem import AllocationProblem, LayerOption, LinearBudget, log_terms, maxplus_tables
-from .rank import RANK_MODELS, RankCache, check_density, rank_distribution
+from .rank import RANK_MODELS, RankCache, check_density, prefetch, rank_distribution
 
 TIE_BREAKS = ("robust", "none")
 ROBUST_LEVELS = 8  # B(p), B(p/2), ..., B(p/2^7)
@@ -227,6 +227,7 @@ def plan(
     seed: int = 0,
     tie_break: str = "robust",
     pool_size: int = 1,
+    workers: int | None = None,
     cache: RankCache | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     architecture_info: dict | None = None,
@@ -335,6 +336,9 @@ def plan(
                 cs = [c for c in cs if c.index == 0] or cs[:1]
             cands.append(cs)
     total_dists = sum(len(cs) for w, cs in zip(chain, cands) if not w.frozen)
+    prefetch([(w.rows, w.cols, c.density) for w, cs in zip(chain, cands) if not w.frozen for c in cs if c.keep],
+             rank_model, seed=seed, cache=cache, workers=workers,
+             progress=None if progress is None else (lambda d, t: progress("rank distributions", d, t)))
     done = 0
     options = []
     for w, cs in zip(chain, cands):

@@ -185,10 +185,12 @@ def bound(arch, density, sweep, rank_model, input_dim, seed, cache_dir, no_cache
 @click.option("--time-limit", type=float, default=None, help="Seconds the integer program may take.")
 @click.option("--threads", type=int, default=1, show_default=True,
               help="Solver threads (1 is deterministic; more may be faster).")
+@click.option("--workers", type=int, default=None,
+              help="Processes sampling rank distributions (default: every core; same result for any count).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the plan file here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan file to stdout instead of a table.")
 def plan_command(arch, density, keep, solver, rank_model, input_dim, seed, cache_dir, no_cache, grid,
-                 min_density, max_density, prune_output, tie_break, time_limit, threads, output, as_json):
+                 min_density, max_density, prune_output, tie_break, time_limit, threads, workers, output, as_json):
     """Plan per-layer densities that maximize the expected linear-region bound."""
     from .allocate import plan as make_plan
     from .arch import Architecture
@@ -202,6 +204,8 @@ def plan_command(arch, density, keep, solver, rank_model, input_dim, seed, cache
         raise click.UsageError("--time-limit must be positive")
     if threads < 1:
         raise click.UsageError("--threads must be at least 1")
+    if workers is not None and workers < 1:
+        raise click.UsageError("--workers must be at least 1")
     if output is not None:
         from pathlib import Path
 
@@ -213,7 +217,7 @@ def plan_command(arch, density, keep, solver, rank_model, input_dim, seed, cache
             net, density=density, keep=keep, solver=solver, rank_model=rank_model, grid=grid,
             min_density=min_density, max_density=max_density, prune_output=prune_output,
             input_dim=input_dim, time_limit=time_limit, threads=threads, seed=seed,
-            tie_break=tie_break, cache=_make_cache(cache_dir, no_cache), progress=progress,
+            tie_break=tie_break, workers=workers, cache=_make_cache(cache_dir, no_cache), progress=progress,
         )
     if output is not None:
         result.save(output)

@@ -360,3 +360,58 @@ def rank_distribution(
     if (hit.rows, hit.cols) != (rows, cols):
         hit = RankDistribution(rows, cols, p, method, hit.kmin, hit.probs, samples=hit.samples)
     return hit
+
+
+def _sample_counts(method: str, short: int, long: int, p: float, seed: int) -> tuple[int, list[int]]:
+    """Worker entry point: the adaptive sample of one distribution as (kmin, counts)."""
+    ranks = _adaptive_ranks(method, short, long, p, seed)
+    kmin = int(ranks.min())
+    return kmin, np.bincount(ranks - kmin).tolist()
+
+
+def prefetch(
+    shapes_and_densities,
+    method: str = DEFAULT_RANK_MODEL,
+    *,
+    seed: int = 0,
+    cache: RankCache | None = None,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """Compute the sampled distributions of many ``(rows, cols, density)`` into the cache, in
+    ``workers`` processes (default: every core). Each distribution depends only on its own key
+    and seed, so the results are the same as computing them one by one."""
+    import os
+
+    if method not in ("sampled", "svd"):
+        return
+    cache = default_cache() if cache is None else cache
+    missing, seen = [], set()
+    for rows, cols, p in shapes_and_densities:
+        p = check_density(p)
+        short, long = min(rows, cols), max(rows, cols)
+        key = RankCache.key(short, long, p, method, int(seed))
+        if p == 1.0 or key in seen or key in cache.memory:
+            continue
+        seen.add(key)
+        if cache.disk is not None and cache.disk.get(key) is not None:
+            continue
+        missing.append((key, short, long, p))
+    if workers is None:
+        workers = os.cpu_count() or 1
+    if len(missing) < 4 or workers <= 1:
+        return  # rank_distribution computes them on demand
+    from concurrent.futures import ProcessPoolExecutor
+
+    done = 0
+    with ProcessPoolExecutor(max_workers=min(workers, len(missing))) as pool:
+        futures = [pool.submit(_sample_counts, method, short, long, p, int(seed)) for _, short, long, p in missing]
+        for (key, short, long, p), fut in zip(missing, futures):
+            kmin, counts = fut.result()
+            arr = np.asarray(counts, dtype=np.int64)
+            cache.memory[key] = RankDistribution(short, long, p, method, kmin, arr / arr.sum(), samples=int(arr.sum()))
+            if cache.disk is not None:
+                cache.disk.put(key, {"kmin": kmin, "counts": counts})
+            done += 1
+            if progress is not None:
+                progress(done, len(missing))

@@ -81,41 +81,50 @@ class CpSatSolver(Solver):
                 for ci, xc in enumerate(x):
                     model.add_hint(xc, ci == c)
 
+        import time
+
         solver = cp_model.CpSolver()
         solver.parameters.num_workers = max(1, int(threads))
         solver.parameters.random_seed = int(seed)
-        if time_limit is not None:
-            solver.parameters.max_time_in_seconds = float(time_limit)
+        deadline = None if time_limit is None else time.monotonic() + float(time_limit)
 
         class _Seen(cp_model.CpSolverSolutionCallback):
-            """Keeps the improving solutions met on the way: a free pool for the polish."""
+            """Keeps the solutions met on the way, with their objective: a free pool."""
 
             def __init__(self):
                 super().__init__()
-                self.found: list[tuple[int, ...]] = []
+                self.found: list[tuple[float, tuple[int, ...]]] = []
 
             def on_solution_callback(self):
-                self.found.append(tuple(next(c for c, xc in enumerate(x) if self.boolean_value(xc))
-                                        for x in choose))
+                self.found.append((self.objective_value, tuple(
+                    next(c for c, xc in enumerate(x) if self.boolean_value(xc)) for x in choose)))
 
-        pool: list[tuple[int, ...]] = []
+        found: dict[tuple[int, ...], float] = {}
         first = None
         for _ in range(max(1, pool_size)):
+            if deadline is not None:  # the time limit covers the whole pool
+                left = deadline - time.monotonic()
+                if left <= 0 and first is not None:
+                    break
+                solver.parameters.max_time_in_seconds = max(left, 0.01)
             seen = _Seen()
             status = solver.solve(model, seen)
-            pool.extend(c for c in reversed(seen.found[-4:]) if c not in pool)
+            for value, c in seen.found:
+                found[c] = max(found.get(c, -math.inf), value)
             if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
                 if first is None:
                     first = (status, None, None, None)
                 break
             choice = tuple(next(c for c, xc in enumerate(x) if solver.boolean_value(xc)) for x in choose)
+            found[choice] = solver.objective_value
             if first is None:
                 first = (status, choice, solver.objective_value, solver.best_objective_bound)
-            if choice not in pool:
-                pool.insert(0, choice)
             # no-good cut: the next solve must change at least one layer's candidate
             model.add(sum(x[c] for x, c in zip(choose, choice)) <= len(choose) - 1)
             model.clear_hints()
+        # every distinct solution seen, best first (ties: smaller choice first); the intermediate
+        # ones cost nothing and give the exact polish more starting points
+        pool = sorted(found, key=lambda c: (-found[c], c))
         status, choice, obj, bound = first
         mapped = {
             cp_model.OPTIMAL: SolveStatus.OPTIMAL,

@@ -18,6 +18,7 @@ class ExactSolver(Solver):
     ``objective="maxplus"`` the max-plus model the IP backends solve (their test oracle)."""
 
     name = "exact"
+    objective = "exact"
 
     def __init__(self, objective: str = "exact", max_combinations: int = MAX_COMBINATIONS):
         if objective not in ("exact", "maxplus"):

@@ -144,3 +144,9 @@ def test_plan_json_round_trip_and_validation():
         Plan.from_json("{not json")
     with pytest.raises(PlanFormatError, match="format"):
         Plan.from_json(json.dumps({"layers": []}))
+
+
+def test_parallel_sampling_gives_the_same_plan():
+    one = plan("100,60,40,10", density=0.1, workers=1, cache=RankCache(disk=False)).to_json()
+    two = plan("100,60,40,10", density=0.1, workers=2, cache=RankCache(disk=False)).to_json()
+    assert one == two

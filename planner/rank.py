@@ -131,21 +131,23 @@ def _bernoulli_positions(n_entries: int, p: float, rng: np.random.Generator) -> 
     return pos[: np.searchsorted(pos, n_entries)]
 
 
-def _structural_rank_batch(short: int, long: int, p: float, rng: np.random.Generator, count: int) -> list[int]:
-    """Structural ranks of ``count`` independent Bernoulli(p) patterns in one matching call.
+#: Dense patterns are drawn in two rounds: first a thinned pattern whose short-side lines have
+#: this many entries on average; if it already has full structural rank, so has every superset.
+THIN_DEGREE = 16.0
 
-    The patterns are laid out as the diagonal blocks of one sparse matrix; a maximum matching of
-    a disjoint union is a maximum matching of every block, so the matched rows of each block
-    give its rank. One call per batch instead of one per sample removes the per-call overhead
-    that dominated small and sparse layers.
+
+def _block_ranks(short: int, long: int, count: int, pos: np.ndarray) -> np.ndarray:
+    """Structural ranks of ``count`` patterns given as sorted positions over count*short*long.
+
+    The patterns are the diagonal blocks of one sparse matrix; a maximum matching of a disjoint
+    union is a maximum matching of every block, so the matched rows of each block give its rank.
     """
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import maximum_bipartite_matching
 
-    entries = short * long
-    pos = _bernoulli_positions(count * entries, p, rng)
     if len(pos) == 0:
-        return [0] * count
+        return np.zeros(count, dtype=np.int64)
+    entries = short * long
     block, local = np.divmod(pos, entries)
     row, col = np.divmod(local, long)
     row += block * short
@@ -155,7 +157,30 @@ def _structural_rank_batch(short: int, long: int, p: float, rng: np.random.Gener
         (np.ones(len(pos), dtype=np.int8), col.astype(np.int32), indptr), shape=(count * short, count * long)
     )
     matched_rows = maximum_bipartite_matching(pattern, perm_type="column") >= 0
-    return np.count_nonzero(matched_rows.reshape(count, short), axis=1).tolist()
+    return np.count_nonzero(matched_rows.reshape(count, short), axis=1)
+
+
+def _structural_rank_batch(short: int, long: int, p: float, rng: np.random.Generator, count: int) -> list[int]:
+    """Structural ranks of ``count`` independent Bernoulli(p) patterns of a short x long matrix.
+
+    Several patterns share one matching call (the per-call overhead dominated small layers).
+    Dense patterns are drawn as the union of a thinned Bernoulli(t) pattern and an independent
+    Bernoulli(q) one with 1 - (1-t)(1-q) = p, which is exactly Bernoulli(p); the second part is
+    drawn only for the patterns whose thinned part is not already of full rank. At p = 0.1 on
+    4096 x 4096 that replaces 1.6M entries per sample by about 66k.
+    """
+    entries = short * long
+    thin = min(p, THIN_DEGREE / long)
+    pos = _bernoulli_positions(count * entries, thin, rng)
+    ranks = _block_ranks(short, long, count, pos)
+    if thin < p:
+        q = (p - thin) / (1.0 - thin)
+        starts = np.searchsorted(pos, np.arange(count + 1) * entries)
+        for b in np.nonzero(ranks < short)[0]:
+            mine = pos[starts[b] : starts[b + 1]] - b * entries
+            union = np.union1d(mine, _bernoulli_positions(entries, q, rng))
+            ranks[b] = _block_ranks(short, long, 1, union)[0]
+    return ranks.tolist()
 
 
 def _numerical_rank_sample(short: int, long: int, p: float, rng: np.random.Generator) -> int:

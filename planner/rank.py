@@ -191,7 +191,8 @@ def _numerical_rank_sample(short: int, long: int, p: float, rng: np.random.Gener
 
 def _batch_rng(seed: int, method: str, short: int, long: int, p: float, batch: int):
     tag = RANK_MODELS.index(method)
-    return np.random.default_rng([int(seed) & 0xFFFFFFFF, tag, short, long, _density_bits(p), batch])
+    # the whole seed goes into the entropy (SeedSequence takes integers of any size)
+    return np.random.default_rng([int(seed), tag, short, long, _density_bits(p), batch])
 
 
 def _adaptive_ranks(
@@ -346,6 +347,8 @@ def rank_distribution(
     """
     check_shape(rows, cols)
     p = check_density(density)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise RankModelError(f"seed must be a non-negative integer, got {seed!r}")
     if method not in RANK_MODELS:
         raise RankModelError(f"unknown rank model {method!r}; choose one of {', '.join(RANK_MODELS)}")
     short, long = min(rows, cols), max(rows, cols)

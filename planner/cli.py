@@ -171,8 +171,40 @@ def bound(arch, density, sweep, rank_model, input_dim, seed, cache_dir, no_cache
     click.echo(f"dense log2 bound  {report.dense_log2_bound:.4f}")
 
 
+def parse_shape(text: str | None):
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise click.UsageError(f"--input-shape takes comma-separated integers like 1,32,32, got {text!r}") from None
+    if not shape or any(v <= 0 for v in shape):
+        raise click.UsageError(f"--input-shape sizes must be positive, got {text!r}")
+    return shape
+
+
+model_options = [
+    click.option("--model", "model_spec", default=None,
+                 help="package.module:factory returning an nn.Module (e.g. examples.models:lenet5)."),
+    click.option("--weights", type=click.Path(dir_okay=False), default=None,
+                 help="State dict for the model, loaded with torch.load(weights_only=True)."),
+    click.option("--input-shape", default=None,
+                 help="Model input shape without the batch dimension, e.g. 1,32,32 (needed for conv models)."),
+]
+
+
+def load_model(model_spec, weights, input_shape):
+    from .torch_model import load_factory, load_weights
+
+    model = load_factory(model_spec)
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
 @cli.command(name="plan")
 @click.option("--arch", default=None, help="Sizes input,hidden...,output (e.g. 784,300,100,10) or a preset.")
+@with_options(model_options)
 @click.option("--density", type=float, default=None, help="Global density: kept fraction of the prunable weights.")
 @click.option("--keep", type=int, default=None, help="Kept weights (instead of --density).")
 @click.option("--solver", default="cpsat", show_default=True, help="cpsat, ortools-mip, pulp or exact.")
@@ -190,15 +222,29 @@ def bound(arch, density, sweep, rank_model, input_dim, seed, cache_dir, no_cache
               help="Processes sampling rank distributions (default: every core; same result for any count).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the plan file here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan file to stdout instead of a table.")
-def plan_command(arch, density, keep, solver, rank_model, input_dim, seed, cache_dir, no_cache, grid,
-                 min_density, max_density, prune_output, tie_break, time_limit, threads, workers, output, as_json):
-    """Plan per-layer densities that maximize the expected linear-region bound."""
+def plan_command(arch, model_spec, weights, input_shape, density, keep, solver, rank_model, input_dim, seed,
+                 cache_dir, no_cache, grid, min_density, max_density, prune_output, tie_break, time_limit,
+                 threads, workers, output, as_json):
+    """Plan per-layer densities that maximize the expected linear-region bound.
+
+    The network is --arch (sizes) or --model (a torch model factory, optionally --weights).
+    """
     from .allocate import plan as make_plan
     from .arch import Architecture
 
-    if arch is None:
-        raise click.UsageError("give --arch (e.g. --arch 784,300,100,10)")
-    net = Architecture.parse(arch)
+    if (arch is None) == (model_spec is None):
+        raise click.UsageError("give exactly one of --arch (e.g. 784,300,100,10) and --model (package.module:factory)")
+    if arch is not None:
+        if weights is not None or input_shape is not None:
+            raise click.UsageError("--weights and --input-shape go with --model, not --arch")
+        net, layers, info = Architecture.parse(arch), None, None
+    else:
+        from .torch_model import model_layers
+
+        model = load_model(model_spec, weights, input_shape)
+        found = model_layers(model, parse_shape(input_shape), prune_output=prune_output)
+        net, layers = None, list(found.layers)
+        info = {"model": model_spec, "input_size": found.input_size}
     if (density is None) == (keep is None):
         raise click.UsageError("give exactly one of --density and --keep")
     if time_limit is not None and time_limit <= 0:
@@ -215,7 +261,7 @@ def plan_command(arch, density, keep, solver, rank_model, input_dim, seed, cache
             raise click.UsageError(f"cannot write {output}: directory {parent} does not exist")
     with plan_progress(not as_json) as progress:
         result = make_plan(
-            net, density=density, keep=keep, solver=solver, rank_model=rank_model, grid=grid,
+            net, layers=layers, architecture_info=info, density=density, keep=keep, solver=solver, rank_model=rank_model, grid=grid,
             min_density=min_density, max_density=max_density, prune_output=prune_output,
             input_dim=input_dim, time_limit=time_limit, threads=threads, seed=seed,
             tie_break=tie_break, workers=workers, cache=_make_cache(cache_dir, no_cache), progress=progress,
@@ -234,6 +280,8 @@ def print_plan(result) -> None:
     obj = result.objective
     arch = result.architecture.get("sizes")
     head = f"architecture {','.join(map(str, arch))}  " if arch else ""
+    if "model" in result.architecture:
+        head = f"model {result.architecture['model']}  "
     click.echo(f"{head}strategy {result.strategy}  rank model {obj.get('rank_model')} (seed {result.seed})"
                f"  d0 = {result.input_dim}")
     _table(None, [("layer", "left"), ("shape", "right"), ("keep", "right"), ("density", "right"),
@@ -250,6 +298,84 @@ def print_plan(result) -> None:
         click.echo(f"certificate         no plan on the grid exceeds {obj['certificate_log2_upper']:.4f} "
                    f"(gap {obj['certificate_gap_bits']:.2f} bits)")
     click.echo(f"solver              {result.solver.get('name')} ({result.solver.get('status')})")
+
+
+@cli.command(name="apply")
+@with_options(model_options)
+@click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False), help="Plan file to apply.")
+@click.option("--criterion", type=click.Choice(["magnitude", "random", "elimination-compensation"]),
+              default="magnitude", show_default=True, help="Which weights a layer keeps.")
+@click.option("--calibration", type=click.Path(dir_okay=False), default=None,
+              help=".npy batch of model inputs (elimination-compensation).")
+@click.option("--rescale", is_flag=True, help="Multiply surviving weights by 1/sqrt(density).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of --criterion random.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the pruned, finalized state dict.")
+@click.option("--json", "as_json", is_flag=True, help="Print the realized densities as JSON.")
+def apply_command(model_spec, weights, input_shape, plan_path, criterion, calibration, rescale, seed, output,
+                  as_json):
+    """Prune a torch model to a plan and save the finalized state dict."""
+    import io
+
+    import numpy as np
+    import torch
+
+    from .apply import apply_plan, finalize
+    from .fileio import atomic_write_bytes
+    from .plan import Plan
+
+    if model_spec is None:
+        raise click.UsageError("give --model package.module:factory")
+    from pathlib import Path
+
+    if not Path(output).parent.is_dir():
+        raise click.UsageError(f"cannot write {output}: directory {Path(output).parent} does not exist")
+    plan_obj = Plan.load(plan_path)
+    model = load_model(model_spec, weights, input_shape)
+    calib = None
+    if calibration is not None:
+        try:
+            calib = np.load(calibration, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise click.UsageError(f"cannot read --calibration {calibration}: {exc}") from None
+        if calib.dtype.kind not in "fiu":
+            raise click.UsageError(f"--calibration must hold numbers, got dtype {calib.dtype}")
+        calib = torch.as_tensor(calib, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(seed)
+    report = apply_plan(model, plan_obj, criterion=criterion, calibration=calib, rescale=rescale,
+                        generator=generator)
+    finalize(model)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    atomic_write_bytes(output, buffer.getvalue())
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    _table(None, [("layer", "left"), ("size", "right"), ("planned keep", "right"), ("kept", "right"),
+                  ("density", "right"), ("criterion", "left")],
+           [[a.name, str(a.size), str(a.planned_keep), str(a.kept), f"{a.density:.4f}", a.criterion]
+            for a in report.layers])
+    for note in report.notes:
+        click.echo(f"note: {note}")
+    click.echo(f"pruned state dict written to {output}")
+
+
+@cli.command(name="export")
+@click.argument("plan_path", type=click.Path(dir_okay=False))
+@click.option("--to", "fmt", required=True, type=click.Choice(["nni", "torch-ao", "sparseml", "torch-prune"]),
+              help="Target pruner's format.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write here instead of stdout.")
+def export_command(plan_path, fmt, output):
+    """Write a plan in another pruner's configuration format."""
+    from .export import export_plan
+    from .fileio import atomic_write_text
+    from .plan import Plan
+
+    text = export_plan(Plan.load(plan_path), fmt)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        atomic_write_text(output, text)
 
 
 @contextmanager

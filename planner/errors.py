@@ -41,3 +41,15 @@ class ProblemError(PlannerError, ValueError):
 
 class InfeasibleError(PlannerError):
     """No allocation meets the budgets and per-layer limits."""
+
+
+class ModelError(PlannerError):
+    """A model factory cannot be loaded, or its layers do not suit the planner."""
+
+
+class CheckpointError(PlannerError):
+    """A checkpoint is missing, unsafe to unpickle, or does not fit the model."""
+
+
+class PlanMismatchError(PlannerError):
+    """A plan does not fit the model it is applied to."""

@@ -1,0 +1,179 @@
+"""Turn a plan into masks on a torch model, through torch.nn.utils.prune so standard tooling
+sees them (``weight_orig``, ``weight_mask``, the forward pre-hook; ``finalize`` makes them
+permanent). Computing the masks is separate from attaching them: every mask is computed, and
+the plan checked against the model, before any module is touched.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .errors import PlanMismatchError, PlannerError
+from .plan import Plan
+
+CRITERIA = ("magnitude", "random", "elimination-compensation")
+
+
+@dataclass
+class AppliedLayer:
+    name: str
+    size: int
+    planned_keep: int
+    kept: int
+    criterion: str
+
+    @property
+    def density(self) -> float:
+        return self.kept / self.size
+
+
+@dataclass
+class ApplyReport:
+    layers: list[AppliedLayer] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "layers": [
+                {"name": a.name, "size": a.size, "planned_keep": a.planned_keep, "kept": a.kept,
+                 "density": a.density, "criterion": a.criterion}
+                for a in self.layers
+            ],
+            "notes": self.notes,
+        }
+
+
+def _prunable_modules(model, plan: Plan):
+    """(plan layer, module) for every non-frozen plan layer, after checking names and shapes."""
+    import torch.nn as nn
+
+    pairs = []
+    for layer in plan.layers:
+        try:
+            module = model.get_submodule(layer.name)
+        except AttributeError:
+            raise PlanMismatchError(f"plan layer {layer.name!r} is not a module of the model") from None
+        if not isinstance(module, (nn.Linear, nn.Conv2d)):
+            raise PlanMismatchError(f"plan layer {layer.name!r} is a {type(module).__name__}, not Linear or Conv2d")
+        if hasattr(module, "weight_orig"):
+            raise PlanMismatchError(f"layer {layer.name!r} is already pruned; finalize it before applying a plan")
+        weight = module.weight
+        rows, cols = weight.shape[0], weight[0].numel()
+        if (rows, cols) != (layer.rows, layer.cols):
+            raise PlanMismatchError(
+                f"plan layer {layer.name!r} is {layer.rows}x{layer.cols} but the model's weight is "
+                f"{rows}x{cols} (shape {tuple(weight.shape)})"
+            )
+        if not layer.frozen:
+            pairs.append((layer, module))
+    return pairs
+
+
+def top_k_mask(scores, keep: int):
+    """Boolean mask keeping exactly ``keep`` entries of the largest ``scores`` (any shape)."""
+    import torch
+
+    flat = scores.reshape(-1)
+    n = flat.numel()
+    if keep >= n:
+        return torch.ones_like(scores, dtype=torch.bool)
+    mask = torch.zeros(n, dtype=torch.bool, device=scores.device)
+    if keep <= 0:
+        return mask.view_as(scores)
+    if keep <= n // 2:
+        mask[torch.topk(flat, keep, sorted=False).indices] = True
+    else:  # select the smaller complement: less memory for the indices
+        mask.fill_(True)
+        mask[torch.topk(flat, n - keep, largest=False, sorted=False).indices] = False
+    return mask.view_as(scores)
+
+
+def _statistics(model, pairs, criterion, calibration):
+    if criterion != "elimination-compensation":
+        return {}
+    if calibration is None:
+        raise PlannerError("elimination-compensation needs a calibration batch (--calibration X.npy)")
+    from .compensation import compensation_statistics
+
+    return compensation_statistics(model, [layer.name for layer, _ in pairs], calibration)
+
+
+def compute_masks(model, plan: Plan, criterion: str = "magnitude", *, calibration=None, generator=None,
+                  _stats=None):
+    """{layer name: bool mask} for every non-frozen layer of ``plan``; touches nothing."""
+    import torch
+
+    if criterion not in CRITERIA:
+        raise PlannerError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    pairs = _prunable_modules(model, plan)
+    stats = _statistics(model, pairs, criterion, calibration) if _stats is None else _stats
+    masks = {}
+    with torch.no_grad():
+        for layer, module in pairs:
+            w = module.weight
+            if criterion == "magnitude":
+                scores = w.abs()
+            elif criterion == "random":
+                scores = torch.rand(w.shape, generator=generator, dtype=torch.float32)
+            elif layer.name in stats:
+                scores = stats[layer.name]["importance"].reshape(w.shape)
+            else:  # a convolution under elimination-compensation: no compensation is defined
+                scores = w.abs()
+            masks[layer.name] = top_k_mask(scores, layer.keep)
+    return masks
+
+
+def apply_plan(model, plan: Plan, criterion: str = "magnitude", calibration=None, rescale: bool = False,
+               generator=None) -> ApplyReport:
+    """Prune ``model`` in place to ``plan`` with ``torch.nn.utils.prune.custom_from_mask``.
+
+    ``criterion`` picks the kept weights within a layer: ``magnitude`` (largest |w|, default),
+    ``random`` (``generator`` seeds it) or ``elimination-compensation`` (seed 001: importance
+    with the optimal bias shift, which is then added to the bias; needs ``calibration``, a
+    batch of model inputs; layers other than Linear fall back to magnitude). ``rescale``
+    multiplies the surviving weights by 1/sqrt(density) (seed 002, for random pruning at
+    initialization). Returns the realized density per layer.
+    """
+    import torch
+    from torch.nn.utils import prune
+
+    if criterion not in CRITERIA:
+        raise PlannerError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    pairs = _prunable_modules(model, plan)
+    stats = _statistics(model, pairs, criterion, calibration)
+    masks = compute_masks(model, plan, criterion, generator=generator, _stats=stats)
+    report = ApplyReport()
+    if criterion == "elimination-compensation":
+        skipped = [layer.name for layer, _ in pairs if layer.name not in stats]
+        if skipped:
+            report.notes.append(f"magnitude used for {', '.join(skipped)}: compensation is defined for Linear layers")
+    for layer, module in pairs:
+        mask = masks[layer.name]
+        crit = criterion
+        with torch.no_grad():
+            if layer.name in stats:
+                shift_per_weight = stats[layer.name]["shift"].reshape(module.weight.shape)
+                # each removed weight's optimal bias shift, applied independently (first order)
+                shift = (shift_per_weight * ~mask).sum(dim=1)
+                if module.bias is not None:
+                    module.bias.add_(shift.to(module.bias.dtype))
+            elif criterion == "elimination-compensation":
+                crit = "magnitude"
+            if rescale and 0 < layer.keep < layer.size:
+                module.weight.mul_(1.0 / math.sqrt(layer.keep / layer.size))
+        prune.custom_from_mask(module, "weight", mask.to(module.weight.dtype))
+        report.layers.append(AppliedLayer(layer.name, layer.size, layer.keep, int(mask.sum()), crit))
+    return report
+
+
+def finalize(model) -> list[str]:
+    """Make every torch pruning mask permanent (``prune.remove``); returns the layers done."""
+    from torch.nn.utils import prune
+
+    done = []
+    for name, module in model.named_modules():
+        if prune.is_pruned(module) and hasattr(module, "weight_mask"):
+            prune.remove(module, "weight")
+            done.append(name)
+    return done

@@ -30,7 +30,11 @@ from .plan import Plan, PlanLayer
 from .problem import AllocationProblem, LayerOption, LinearBudget, log_terms, maxplus_tables
 from .rank import RANK_MODELS, RankCache, check_density, prefetch, rank_distribution
 
-TIE_BREAKS = ("robust", "none")
+TIE_BREAKS = ("robust", "robust-analytic", "none")
+#: Under ``robust``, the halved levels of a layer whose short side exceeds this use the analytic
+#: rank model: sampling them costs minutes on AlexNet-sized layers (thousands of matchings per
+#: density at low densities), and the tie-break only orders plans of equal bound.
+ROBUST_SAMPLED_MAX_SIDE = 1024
 ROBUST_LEVELS = 8  # B(p), B(p/2), ..., B(p/2^7)
 TIE_RESOLUTION_BITS = 0.01
 DEFAULT_GRID = 32
@@ -156,8 +160,11 @@ class Scorer:
             p = cand.density / 2.0**level
         if p <= 0.0:
             return RankDistribution.point_mass(layer.rows, layer.cols, 0, density=0.0)
-        return rank_distribution(layer.rows, layer.cols, min(p, 1.0), self.rank_model,
-                                 seed=self.seed, cache=self.cache)
+        model = self.rank_model
+        if level > 0 and (self.tie_break == "robust-analytic"
+                          or min(layer.rows, layer.cols) > ROBUST_SAMPLED_MAX_SIDE):
+            model = "analytic"
+        return rank_distribution(layer.rows, layer.cols, min(p, 1.0), model, seed=self.seed, cache=self.cache)
 
     def level(self, choice: tuple[int, ...], i: int) -> float:
         levels = self._levels.setdefault(choice, [])
@@ -177,7 +184,7 @@ class Scorer:
         """Is choice ``a`` strictly better than ``b`` under the tie-break?"""
         if a == b:
             return False
-        levels = ROBUST_LEVELS if self.tie_break == "robust" and self.cands is not None else 1
+        levels = ROBUST_LEVELS if self.tie_break != "none" and self.cands is not None else 1
         for i in range(levels):
             ra = round(self.level(a, i) / TIE_RESOLUTION_BITS)
             rb = round(self.level(b, i) / TIE_RESOLUTION_BITS)

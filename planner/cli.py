@@ -213,7 +213,8 @@ def load_model(model_spec, weights, input_shape):
 @click.option("--min-density", type=float, default=None, help="Lowest density any prunable layer may get.")
 @click.option("--max-density", type=float, default=None, help="Highest density any prunable layer may get.")
 @click.option("--prune-output", is_flag=True, help="Prune the output layer too (at the global density).")
-@click.option("--tie-break", type=click.Choice(["robust", "none"]), default="robust", show_default=True,
+@click.option("--tie-break", type=click.Choice(["robust", "robust-analytic", "none"]), default="robust",
+              show_default=True,
               help="How plans with equal bounds are ordered.")
 @click.option("--time-limit", type=float, default=None, help="Seconds the integer program may take.")
 @click.option("--threads", type=int, default=1, show_default=True,

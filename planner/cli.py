@@ -205,6 +205,9 @@ def load_model(model_spec, weights, input_shape):
 @cli.command(name="plan")
 @click.option("--arch", default=None, help="Sizes input,hidden...,output (e.g. 784,300,100,10) or a preset.")
 @with_options(model_options)
+@click.option("--strategy", type=click.Choice(["lr-bound", "uniform", "uniform-plus", "erk", "global", "lamp"]),
+              default="lr-bound", show_default=True,
+              help="lr-bound maximizes the bound; the others are baselines (global and lamp need --model).")
 @click.option("--density", type=float, default=None, help="Global density: kept fraction of the prunable weights.")
 @click.option("--keep", type=int, default=None, help="Kept weights (instead of --density).")
 @click.option("--solver", default="cpsat", show_default=True, help="cpsat, ortools-mip, pulp or exact.")
@@ -223,7 +226,7 @@ def load_model(model_spec, weights, input_shape):
               help="Processes sampling rank distributions (default: every core; same result for any count).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the plan file here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan file to stdout instead of a table.")
-def plan_command(arch, model_spec, weights, input_shape, density, keep, solver, rank_model, input_dim, seed,
+def plan_command(arch, model_spec, weights, input_shape, strategy, density, keep, solver, rank_model, input_dim, seed,
                  cache_dir, no_cache, grid, min_density, max_density, prune_output, tie_break, time_limit,
                  threads, workers, output, as_json):
     """Plan per-layer densities that maximize the expected linear-region bound.
@@ -235,17 +238,21 @@ def plan_command(arch, model_spec, weights, input_shape, density, keep, solver, 
 
     if (arch is None) == (model_spec is None):
         raise click.UsageError("give exactly one of --arch (e.g. 784,300,100,10) and --model (package.module:factory)")
+    weight_arrays = kernel_shapes = None
     if arch is not None:
         if weights is not None or input_shape is not None:
             raise click.UsageError("--weights and --input-shape go with --model, not --arch")
+        if strategy in ("global", "lamp"):
+            raise click.UsageError(f"--strategy {strategy} ranks weights by magnitude: give --model (and --weights)")
         net, layers, info = Architecture.parse(arch), None, None
     else:
-        from .torch_model import model_layers
+        from .torch_model import model_layers, model_weights
 
         model = load_model(model_spec, weights, input_shape)
         found = model_layers(model, parse_shape(input_shape), prune_output=prune_output)
         net, layers = None, list(found.layers)
         info = {"model": model_spec, "input_size": found.input_size}
+        weight_arrays, kernel_shapes = model_weights(model, layers)
     if (density is None) == (keep is None):
         raise click.UsageError("give exactly one of --density and --keep")
     if time_limit is not None and time_limit <= 0:
@@ -260,6 +267,22 @@ def plan_command(arch, model_spec, weights, input_shape, density, keep, solver, 
         parent = Path(output).parent
         if not parent.is_dir():
             raise click.UsageError(f"cannot write {output}: directory {parent} does not exist")
+    if strategy != "lr-bound":
+        from .baselines import baseline_plan
+
+        if min_density is not None or max_density is not None:
+            raise click.UsageError("--min-density and --max-density apply to --strategy lr-bound only")
+        result = baseline_plan(strategy, net, layers=layers, architecture_info=info, density=density, keep=keep,
+                               weights=weight_arrays, kernel_shapes=kernel_shapes, prune_output=prune_output,
+                               rank_model=rank_model, input_dim=input_dim, seed=seed,
+                               cache=_make_cache(cache_dir, no_cache))
+        if output is not None:
+            result.save(output)
+        if as_json:
+            click.echo(result.to_json(), nl=False)
+        else:
+            print_plan(result)
+        return
     with plan_progress(not as_json) as progress:
         result = make_plan(
             net, layers=layers, architecture_info=info, density=density, keep=keep, solver=solver, rank_model=rank_model, grid=grid,
@@ -292,13 +315,15 @@ def print_plan(result) -> None:
              "frozen" if layer.frozen else ("" if layer.in_bound else "outside the bound")]
             for layer in result.layers])
     click.echo(f"kept {result.kept} of {result.prunable} prunable weights (density {result.global_density:.4f})")
-    click.echo(f"log2 bound          {obj['log2_bound']:.4f}")
+    if obj.get("log2_bound") is not None:
+        click.echo(f"log2 bound          {obj['log2_bound']:.4f}")
     if obj.get("uniform_log2_bound") is not None:
         click.echo(f"uniform log2 bound  {obj['uniform_log2_bound']:.4f}")
     if obj.get("certificate_log2_upper") is not None:
         click.echo(f"certificate         no plan on the grid exceeds {obj['certificate_log2_upper']:.4f} "
                    f"(gap {obj['certificate_gap_bits']:.2f} bits)")
-    click.echo(f"solver              {result.solver.get('name')} ({result.solver.get('status')})")
+    if result.solver:
+        click.echo(f"solver              {result.solver.get('name')} ({result.solver.get('status')})")
 
 
 @cli.command(name="apply")

@@ -191,3 +191,13 @@ def model_layers(model, input_shape: Sequence[int] | None = None, *, prune_outpu
         else:
             out.append(WeightLayer(name, rows, cols, in_bound=name in chain))
     return ModelLayers(tuple(out), modules[chain[0]].in_features, traced)
+
+
+def model_weights(model, layers: Sequence[WeightLayer]) -> tuple[dict, dict]:
+    """({name: weight as a numpy array}, {name: weight shape}) for the given layers."""
+    weights, shapes = {}, {}
+    for w in layers:
+        tensor = model.get_submodule(w.name).weight.detach().cpu()
+        weights[w.name] = tensor.numpy()
+        shapes[w.name] = tuple(tensor.shape)
+    return weights, shapes

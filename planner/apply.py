@@ -106,6 +106,9 @@ def compute_masks(model, plan: Plan, criterion: str = "magnitude", *, calibratio
 
     if criterion not in CRITERIA:
         raise PlannerError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    if rescale and criterion == "elimination-compensation":
+        raise PlannerError("--rescale scales the surviving weights after pruning, which undoes the bias "
+                           "compensation; use it with magnitude or random pruning")
     pairs = _prunable_modules(model, plan)
     stats = _statistics(model, pairs, criterion, calibration) if _stats is None else _stats
     masks = {}
@@ -140,6 +143,9 @@ def apply_plan(model, plan: Plan, criterion: str = "magnitude", calibration=None
 
     if criterion not in CRITERIA:
         raise PlannerError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    if rescale and criterion == "elimination-compensation":
+        raise PlannerError("--rescale scales the surviving weights after pruning, which undoes the bias "
+                           "compensation; use it with magnitude or random pruning")
     pairs = _prunable_modules(model, plan)
     stats = _statistics(model, pairs, criterion, calibration)
     masks = compute_masks(model, plan, criterion, generator=generator, _stats=stats)
@@ -162,7 +168,8 @@ def apply_plan(model, plan: Plan, criterion: str = "magnitude", calibration=None
                 crit = "magnitude"
             if rescale and 0 < layer.keep < layer.size:
                 module.weight.mul_(1.0 / math.sqrt(layer.keep / layer.size))
-        prune.custom_from_mask(module, "weight", mask.to(module.weight.dtype))
+        # masks of the random criterion are drawn on the CPU: move them to the weight's device
+        prune.custom_from_mask(module, "weight", mask.to(device=module.weight.device, dtype=module.weight.dtype))
         report.layers.append(AppliedLayer(layer.name, layer.size, layer.keep, int(mask.sum()), crit))
     return report
 

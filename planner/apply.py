@@ -106,9 +106,6 @@ def compute_masks(model, plan: Plan, criterion: str = "magnitude", *, calibratio
 
     if criterion not in CRITERIA:
         raise PlannerError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
-    if rescale and criterion == "elimination-compensation":
-        raise PlannerError("--rescale scales the surviving weights after pruning, which undoes the bias "
-                           "compensation; use it with magnitude or random pruning")
     pairs = _prunable_modules(model, plan)
     stats = _statistics(model, pairs, criterion, calibration) if _stats is None else _stats
     masks = {}

@@ -70,23 +70,35 @@ def _prunable_modules(model, plan: Plan):
     return pairs
 
 
-def top_k_mask(scores, keep: int):
-    """Boolean mask keeping exactly ``keep`` entries of the largest ``scores`` (any shape)."""
+def top_k_mask(scores, keep: int, *, absolute: bool = False):
+    """Boolean mask keeping exactly ``keep`` entries with the largest ``scores`` (or ``|scores|``
+    when ``absolute``); ties at the threshold go to the lowest flat indices.
+
+    The threshold comes from an in-place partition of one copy (O(n), about one extra copy of
+    the layer; torch.topk needed about four), and the mask from comparisons that allocate only
+    booleans.
+    """
+    import numpy as np
     import torch
 
-    flat = scores.reshape(-1)
-    n = flat.numel()
+    values = scores.detach().cpu().numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores)
+    shape, flat = values.shape, values.reshape(-1)
+    n = flat.size
     if keep >= n:
-        return torch.ones_like(scores, dtype=torch.bool)
-    mask = torch.zeros(n, dtype=torch.bool, device=scores.device)
+        return torch.ones(shape, dtype=torch.bool)
     if keep <= 0:
-        return mask.view_as(scores)
-    if keep <= n // 2:
-        mask[torch.topk(flat, keep, sorted=False).indices] = True
-    else:  # select the smaller complement: less memory for the indices
-        mask.fill_(True)
-        mask[torch.topk(flat, n - keep, largest=False, sorted=False).indices] = False
-    return mask.view_as(scores)
+        return torch.zeros(shape, dtype=torch.bool)
+    work = np.abs(flat) if absolute else flat.copy()
+    kth = n - keep
+    work.partition(kth)
+    threshold = work[kth]
+    del work
+    mask = (flat > threshold) | (flat < -threshold) if absolute else flat > threshold
+    need = keep - int(np.count_nonzero(mask))
+    if need > 0:
+        ties = (flat == threshold) | (flat == -threshold) if absolute else flat == threshold
+        mask[np.flatnonzero(ties)[:need]] = True
+    return torch.from_numpy(mask.reshape(shape))
 
 
 def _statistics(model, pairs, criterion, calibration):
@@ -112,15 +124,12 @@ def compute_masks(model, plan: Plan, criterion: str = "magnitude", *, calibratio
     with torch.no_grad():
         for layer, module in pairs:
             w = module.weight
-            if criterion == "magnitude":
-                scores = w.abs()
-            elif criterion == "random":
-                scores = torch.rand(w.shape, generator=generator, dtype=torch.float32)
+            if criterion == "random":
+                masks[layer.name] = top_k_mask(torch.rand(w.shape, generator=generator), layer.keep)
             elif layer.name in stats:
-                scores = stats[layer.name]["importance"].reshape(w.shape)
-            else:  # a convolution under elimination-compensation: no compensation is defined
-                scores = w.abs()
-            masks[layer.name] = top_k_mask(scores, layer.keep)
+                masks[layer.name] = top_k_mask(stats[layer.name]["importance"].reshape(w.shape), layer.keep)
+            else:  # magnitude; also convolutions under elimination-compensation
+                masks[layer.name] = top_k_mask(w, layer.keep, absolute=True)
     return masks
 
 

@@ -70,20 +70,20 @@ def layers_from_arch(arch: Architecture, *, prune_output: bool = False) -> list[
     return out
 
 
-def apportion(total: int, sizes: Sequence[int]) -> list[int]:
-    """Split ``total`` in proportion to ``sizes`` into integers summing to it exactly (largest
-    remainder; ties to the earlier layer), each at most its size."""
-    whole = sum(sizes)
-    if whole == 0:
-        return [0] * len(sizes)
-    exact = [total * s / whole for s in sizes]
-    base = [min(int(math.floor(e)), s) for e, s in zip(exact, sizes)]
+def apportion(total: int, mass: Sequence[float], caps: Sequence[int] | None = None) -> list[int]:
+    """Split ``total`` in proportion to ``mass`` into integers summing to it exactly (largest
+    remainder; ties to the earlier entry), each at most its cap (default: its mass, for sizes)."""
+    caps = mass if caps is None else caps
+    whole = sum(mass)
+    if whole <= 0:
+        return [0] * len(mass)
+    exact = [total * m / whole for m in mass]
+    base = [min(int(math.floor(e)), c) for e, c in zip(exact, caps)]
     rest = total - sum(base)
-    order = sorted(range(len(sizes)), key=lambda i: (-(exact[i] - base[i]), i))
-    for i in order:
+    for i in sorted(range(len(mass)), key=lambda i: (-(exact[i] - math.floor(exact[i])), i)):
         if rest <= 0:
             break
-        if base[i] < sizes[i]:
+        if base[i] < caps[i]:
             base[i] += 1
             rest -= 1
     return base

@@ -29,24 +29,6 @@ NEEDS_WEIGHTS = ("global", "lamp")
 UNIFORM_PLUS_LAST_MIN = 0.2
 
 
-def _proportional(total: int, mass: Sequence[float], caps: Sequence[int]) -> list[int]:
-    """Integers summing to ``total`` (when the caps allow) proportional to ``mass``, each at most
-    its cap: largest remainders, ties to the earlier layer."""
-    whole = sum(mass)
-    if whole <= 0:
-        return [0] * len(mass)
-    exact = [total * m / whole for m in mass]
-    base = [min(int(math.floor(e)), c) for e, c in zip(exact, caps)]
-    rest = total - sum(base)
-    for i in sorted(range(len(mass)), key=lambda i: (-(exact[i] - math.floor(exact[i])), i)):
-        if rest <= 0:
-            break
-        if base[i] < caps[i]:
-            base[i] += 1
-            rest -= 1
-    return base
-
-
 def _capped_fill(budget: int, sizes: Sequence[int], weights: Sequence[float]) -> list[int]:
     """Integers summing to ``budget`` with density_i proportional to weights_i, capped at 1:
     layers whose density would exceed 1 are made dense and the scale is solved again."""
@@ -58,7 +40,7 @@ def _capped_fill(budget: int, sizes: Sequence[int], weights: Sequence[float]) ->
         scale = left / mass
         over = [i for i in free if scale * weights[i] >= 1.0]
         if not over:
-            shares = _proportional(left, [weights[i] * sizes[i] for i in free], [sizes[i] for i in free])
+            shares = apportion(left, [weights[i] * sizes[i] for i in free], [sizes[i] for i in free])
             for i, share in zip(free, shares):
                 keeps[i] = share
             break

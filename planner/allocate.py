@@ -117,6 +117,8 @@ class DensityGrid:
 
         if hi < lo:
             return []
+        if hi < 1:
+            return [Candidate(0, 0.0, None)]
         first = _m.floor(_m.log2(max(lo, 0.5) / (self.uniform * size)) * self.steps) - 1
         last = _m.ceil(_m.log2(hi / (self.uniform * size)) * self.steps) + 1
         out: dict[int, Candidate] = {}
@@ -287,6 +289,9 @@ def plan(
     if density is not None:
         density = check_density(density, "global density")
         budget = int(round(density * total))
+        if budget < 1:
+            raise DensityError(f"density {density:g} keeps no weight of the {total} prunable ones: "
+                               "give a larger density or --keep")
     else:
         if isinstance(keep, bool) or not isinstance(keep, (int, np.integer)) or not 1 <= keep <= total:
             raise DensityError(f"keep must be an integer in [1, {total}] (the prunable weights), got {keep!r}")

@@ -19,7 +19,7 @@ import numpy as np
 from .allocate import WeightLayer, apportion, layers_from_arch
 from .arch import Architecture
 from .bound import LN2, log_bound
-from .errors import InfeasibleError, PlannerError, ProblemError
+from .errors import DensityError, InfeasibleError, PlannerError, ProblemError
 from .plan import Plan, PlanLayer
 from .rank import RankDistribution, check_density, rank_distribution
 
@@ -165,7 +165,8 @@ def baseline_plan(
         raise ProblemError("give exactly one of density and keep")
     budget = int(round(check_density(density, "global density") * total)) if density is not None else int(keep)
     if not 0 < budget <= total:
-        raise ProblemError(f"keep must be in [1, {total}], got {budget}")
+        raise DensityError(f"the plan must keep between 1 and {total} weights, got {budget}: "
+                           "give a larger density or --keep")
     keeps = baseline_keeps(strategy, layers, budget, weights=weights, kernel_shapes=kernel_shapes)
     chain = [w for w in layers if w.in_bound]
     d0 = input_dim or architecture_info.get("input_size") or (arch.input_size if arch is not None else chain[0].cols)

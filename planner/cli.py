@@ -310,7 +310,7 @@ def print_plan(result) -> None:
                f"  d0 = {result.input_dim}")
     _table(None, [("layer", "left"), ("shape", "right"), ("keep", "right"), ("density", "right"),
                   ("expected rank", "right"), ("", "left")],
-           [[layer.name, f"{layer.rows}x{layer.cols}", str(layer.keep), f"{layer.density:.4f}",
+           [[layer.name, f"{layer.rows}x{layer.cols}", str(layer.keep), f"{layer.density:.4g}",
              "" if layer.expected_rank is None else f"{layer.expected_rank:.2f}",
              "frozen" if layer.frozen else ("" if layer.in_bound else "outside the bound")]
             for layer in result.layers])

@@ -150,3 +150,11 @@ def test_parallel_sampling_gives_the_same_plan():
     one = plan("100,60,40,10", density=0.1, workers=1, cache=RankCache(disk=False)).to_json()
     two = plan("100,60,40,10", density=0.1, workers=2, cache=RankCache(disk=False)).to_json()
     assert one == two
+
+
+def test_tiny_budgets():
+    with pytest.raises(planner.DensityError, match="keeps no weight"):
+        plan("784,300,100,10", density=1e-9)
+    tiny = plan("784,300,100,10", keep=2, rank_model="analytic", cache=RankCache(disk=False))
+    assert tiny.kept == 2 and all(layer.keep >= 0 for layer in tiny.layers)
+    assert tiny.objective["log2_bound"] >= tiny.objective["uniform_log2_bound"] - 1e-9

@@ -57,6 +57,24 @@ def run(arch: str, density: float, model: str, grid: int, cache_dir: str, timeou
     return elapsed, json.loads(proc.stdout)
 
 
+def stage_timing(arch: str, density: float, grid: int) -> None:
+    """One cold plan in this process, with the time at which each stage ended."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+    os.environ["SPARSITY_PLANNER_CACHE_DIR"] = tempfile.mkdtemp()
+    from planner.allocate import plan
+
+    start, seen = time.perf_counter(), set()
+
+    def progress(stage, done, total):
+        if done == total and stage not in seen:
+            seen.add(stage)
+            print(f"{time.perf_counter() - start:8.2f} s  {stage} done ({total})", flush=True)
+
+    result = plan(arch, density=density, grid=grid, progress=progress)
+    print(f"{time.perf_counter() - start:8.2f} s  plan done: "
+          + ", ".join(f"{layer.name} {layer.keep}" for layer in result.layers))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--density", type=float, default=0.05)
@@ -64,7 +82,13 @@ def main() -> None:
     ap.add_argument("--models", default="sampled,analytic")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument("--stages", metavar="ARCH", default=None,
+                    help="time the stages of one cold plan of ARCH (e.g. 1024,4096,4096,10) instead")
     args = ap.parse_args()
+    if args.stages:
+        print(f"machine: {machine()}")
+        stage_timing(args.stages, args.density, args.grid)
+        return
     cases = CASES[:2] if args.quick else CASES
     print(f"machine: {machine()}")
     print(f"density {args.density}, grid {args.grid}, solver cpsat (1 thread), workers: all cores\n")

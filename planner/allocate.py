@@ -24,11 +24,11 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from .arch import Architecture
-from .bound import LN2, log_bound
-from .errors import DensityError, InfeasibleError, PlannerError, ProblemError
+from .bound import LN2, _check_input_dim, log_bound
+from .errors import DensityError, InfeasibleError, PlannerError, ProblemError, RankModelError
 from .plan import Plan, PlanLayer
 from .problem import AllocationProblem, LayerOption, LinearBudget, log_terms, maxplus_tables
-from .rank import RANK_MODELS, RankCache, check_density, prefetch, rank_distribution
+from .rank import RANK_MODELS, RankCache, RankDistribution, check_density, prefetch, rank_distribution
 
 TIE_BREAKS = ("robust", "robust-analytic", "none")
 #: Under ``robust``, the halved levels of a layer whose short side exceeds this use the analytic
@@ -113,14 +113,14 @@ class DensityGrid:
     def candidates(self, size: int, lo: int, hi: int, uniform_keep: int) -> list[Candidate]:
         """Grid candidates with keep in [lo, hi] (keep = round(density * size); index 0 is the
         uniform plan's apportioned keep), plus the dense layer when hi allows it."""
-        import math as _m
+
 
         if hi < lo:
             return []
         if hi < 1:
             return [Candidate(0, 0.0, None)]
-        first = _m.floor(_m.log2(max(lo, 0.5) / (self.uniform * size)) * self.steps) - 1
-        last = _m.ceil(_m.log2(hi / (self.uniform * size)) * self.steps) + 1
+        first = math.floor(math.log2(max(lo, 0.5) / (self.uniform * size)) * self.steps) - 1
+        last = math.ceil(math.log2(hi / (self.uniform * size)) * self.steps) + 1
         out: dict[int, Candidate] = {}
         for index in range(first, last + 1):
             p = self.density(index)
@@ -151,8 +151,6 @@ class Scorer:
         self._levels: dict[tuple, list[float]] = {}
 
     def _dist(self, layer_index: int, cand: Candidate, level: int):
-        from .rank import RankDistribution
-
         layer = self.problem.layers[layer_index]
         if level == 0:
             p = cand.density
@@ -198,20 +196,6 @@ class Scorer:
 # ----------------------------------------------------------------------------- the planner
 
 
-@dataclass
-class Allocation:
-    """Outcome of :func:`allocate`: a status, and the keep-counts when there is a solution."""
-
-    status: str
-    keeps: tuple[int, ...] | None
-    log2_bound: float | None
-    uniform_log2_bound: float | None
-    certificate_log2_upper: float | None
-    solver: str
-    solver_status: str
-    message: str = ""
-
-
 def _progress(cb, stage, done, total):
     if cb is not None:
         cb(stage, done, total)
@@ -248,11 +232,7 @@ def plan(
     (global kept fraction of the prunable weights) or ``keep`` (kept weights). Raises
     :class:`InfeasibleError` when no plan meets the budgets.
     """
-    from solvers import get_solver
-
     if rank_model not in RANK_MODELS:
-        from .errors import RankModelError
-
         raise RankModelError(f"unknown rank model {rank_model!r}; choose one of {', '.join(RANK_MODELS)}")
     if tie_break not in TIE_BREAKS:
         raise PlannerError(f"unknown tie-break {tie_break!r}; choose one of {', '.join(TIE_BREAKS)}")
@@ -276,8 +256,6 @@ def plan(
     if n0 is None:
         n0 = architecture_info.get("input_size", chain[0].cols)
     d0 = n0 if input_dim is None else input_dim
-    from .bound import _check_input_dim
-
     d0 = _check_input_dim(Architecture(n0, tuple(w.rows for w in chain), 1), d0)
 
     prunable = [w for w in layers if not w.frozen]
@@ -296,7 +274,9 @@ def plan(
         if isinstance(keep, bool) or not isinstance(keep, (int, np.integer)) or not 1 <= keep <= total:
             raise DensityError(f"keep must be an integer in [1, {total}] (the prunable weights), got {keep!r}")
         budget = int(keep)
-    lo_d = 0.0 if min_density is None else check_density(min_density, "minimum density") if min_density > 0 else 0.0
+    if min_density is not None and not 0.0 <= min_density <= 1.0:
+        raise DensityError(f"minimum density must be in [0, 1], got {min_density!r}")
+    lo_d = float(min_density or 0.0)
     hi_d = 1.0 if max_density is None else check_density(max_density, "maximum density")
     if lo_d > hi_d:
         raise ProblemError(f"minimum density {lo_d} is above maximum density {hi_d}")
@@ -322,8 +302,9 @@ def plan(
             fixed[w.name] = min(max(uniform[w.name], min_keep[w.name]), max_keep[w.name])
     decision = [w for w in chain if not w.frozen]
     chain_budget = budget - sum(fixed.values())
-    flops_budget = None if max_flops is None else max_flops - sum(fixed[n] * w.flops_per_weight
-                                                                  for w in prunable for n in [w.name] if n in fixed)
+    flops_budget = None
+    if max_flops is not None:
+        flops_budget = max_flops - sum(fixed[w.name] * w.flops_per_weight for w in prunable if w.name in fixed)
 
     # stage A: aligned grids and rank distributions
     floors = {w.name: max(min_keep[w.name], min(uniform[w.name], max(1, uniform[w.name] // GRID_SPAN)))
@@ -357,8 +338,6 @@ def plan(
         dists = []
         for cand in cs:
             if cand.keep == 0:
-                from .rank import RankDistribution
-
                 dists.append(RankDistribution.point_mass(w.rows, w.cols, 0, density=0.0))
             else:
                 dists.append(rank_distribution(w.rows, w.cols, cand.density, rank_model, seed=seed, cache=cache))
@@ -391,8 +370,7 @@ def plan(
 
     def bits_at(keeps_):
         dists = [rank_distribution(w.rows, w.cols, k / w.size, rank_model, seed=seed, cache=cache) if k else
-                 __import__("planner.rank", fromlist=["RankDistribution"]).RankDistribution.point_mass(w.rows, w.cols, 0)
-                 for w, k in zip(chain, keeps_)]
+                 RankDistribution.point_mass(w.rows, w.cols, 0, density=0.0) for w, k in zip(chain, keeps_)]
         return log_bound([w.rows for w in chain], dists, d0) / LN2, dists
 
     plan_bits, plan_dists = bits_at(keeps)

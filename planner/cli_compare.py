@@ -1,0 +1,94 @@
+"""``sparsity-planner compare``: the accuracy experiment of SPEC section 8 from the command line.
+
+Register it with ``cli.add_command(compare_command)`` (planner.cli).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+
+from .data import DATASETS
+from .experiment import DEFAULT_DENSITIES, DEFAULT_STRATEGIES
+
+DEFAULT_ARCH = "64,100,100,10"
+
+
+def _parse_densities(text: str) -> list[float]:
+    from .cli import parse_densities
+
+    if not text or not text.strip():
+        raise click.UsageError("--densities takes a comma list like 0.1,0.05,0.01")
+    return parse_densities(text, "--densities")
+
+
+@click.command(name="compare")
+@click.option("--dataset", type=click.Choice(DATASETS), default="digits", show_default=True,
+              help="digits is bundled with scikit-learn; the others read their files from --data-dir.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Directory with the MNIST / Fashion-MNIST IDX files or CIFAR-10's binary batches.")
+@click.option("--arch", default=DEFAULT_ARCH, show_default=True,
+              help="MLP sizes input,hidden...,output; the input size must match the dataset.")
+@click.option("--densities", default=",".join(f"{d:g}" for d in DEFAULT_DENSITIES), show_default=True,
+              help="Comma list of global densities (kept fraction of the hidden-layer weights).")
+@click.option("--strategies", default=",".join(DEFAULT_STRATEGIES), show_default=True,
+              help="Comma list of lr-bound, lr-bound:robust|robust-analytic|none, uniform, uniform-plus, erk, "
+                   "global, lamp.")
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Number of seeds (seeds 0..N-1): each trains its own dense model.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Dense training epochs [default: 15, the paper's; 64 on digits].")
+@click.option("--finetune-epochs", type=click.IntRange(min=0), default=None,
+              help="Fine-tuning epochs after pruning, masks held fixed [default: 15; 64 on digits].")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="SGD learning rate [default: 0.01, the paper's; 0.1 on digits].")
+@click.option("--momentum", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0, show_default=True,
+              help="SGD momentum (the paper: plain SGD).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--rank-model", type=click.Choice(["sampled", "svd", "analytic", "exact"]), default="sampled",
+              show_default=True, help="Rank model of the plans' bounds.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="torch threads (the layers are tiny: one is fastest).")
+@click.option("--out", "out_dir", type=click.Path(), default=None,
+              help="Write results.csv, results.json, summary.md and the plots here.")
+@click.option("--no-progress", is_flag=True, help="No progress bars or progress lines on stderr.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of tables.")
+def compare_command(dataset, data_dir, arch, densities, strategies, seeds, epochs, finetune_epochs, lr, momentum,
+                    batch_size, rank_model, threads, out_dir, no_progress, as_json):
+    """Train, prune by each strategy, fine-tune and compare test accuracy (SPEC section 8)."""
+    from pathlib import Path
+
+    from .experiment import compare, markdown_table, parse_strategies, verdict_table, write_outputs
+
+    # The paper's schedule (lr 0.01, 15 + 15 epochs) gives MNIST about 7000 SGD updates; digits
+    # has 11 batches an epoch, so the same schedule leaves even the dense model near chance
+    # (21%). On digits the defaults keep lr x updates equal to the paper's MNIST run instead.
+    digits = dataset == "digits"
+    epochs = epochs if epochs is not None else (64 if digits else 15)
+    finetune_epochs = finetune_epochs if finetune_epochs is not None else (64 if digits else 15)
+    lr = lr if lr is not None else (0.1 if digits else 0.01)
+    dens = _parse_densities(densities)
+    strats = parse_strategies(strategies)
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise click.UsageError(f"--out {out_dir} exists and is not a directory")
+    started = time.perf_counter()
+    result = compare(dataset, arch, dens, strats, seeds, epochs=epochs, finetune_epochs=finetune_epochs, lr=lr,
+                     momentum=momentum, batch_size=batch_size, data_dir=data_dir, rank_model=rank_model,
+                     progress=not no_progress, threads=threads)
+    written = write_outputs(result, out_dir) if out_dir is not None else []
+    elapsed = time.perf_counter() - started
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        click.echo(markdown_table(result.rows, result.dense))
+        table = verdict_table(result.rows)
+        if table:
+            click.echo(table)
+        for path in written:
+            click.echo(f"wrote {path}")
+    if not no_progress:
+        click.echo(f"compare: {len(result.rows)} runs in {elapsed:.1f} s", err=True)
+    sys.stdout.flush()

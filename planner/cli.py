@@ -300,6 +300,11 @@ def plan_command(arch, model_spec, weights, input_shape, strategy, density, keep
         click.echo(f"plan written to {output}")
 
 
+def _fmt_density(d: float) -> str:
+    """Four decimals; tiny densities in scientific notation so they do not print as 0.0000."""
+    return f"{d:.4f}" if d == 0 or d >= 1e-3 else f"{d:.2e}"
+
+
 def print_plan(result) -> None:
     obj = result.objective
     arch = result.architecture.get("sizes")
@@ -310,7 +315,7 @@ def print_plan(result) -> None:
                f"  d0 = {result.input_dim}")
     _table(None, [("layer", "left"), ("shape", "right"), ("keep", "right"), ("density", "right"),
                   ("expected rank", "right"), ("", "left")],
-           [[layer.name, f"{layer.rows}x{layer.cols}", str(layer.keep), f"{layer.density:.4g}",
+           [[layer.name, f"{layer.rows}x{layer.cols}", str(layer.keep), _fmt_density(layer.density),
              "" if layer.expected_rank is None else f"{layer.expected_rank:.2f}",
              "frozen" if layer.frozen else ("" if layer.in_bound else "outside the bound")]
             for layer in result.layers])

@@ -434,11 +434,9 @@ def _register_optional_commands() -> None:
     """Commands that live in their own modules (they import torch only when run)."""
     from .cli_compare import compare_command
 
+    from .cli_regions import count_regions_command
+
     cli.add_command(compare_command)
-    try:
-        from .cli_regions import count_regions_command
-    except ImportError:  # pragma: no cover - only while the module is absent
-        return
     cli.add_command(count_regions_command)
 
 

@@ -82,7 +82,10 @@ def load_weights(model, path: str | os.PathLike):
         result = model.load_state_dict(state, strict=False)
         missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
     except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint {path} does not fit the model: {str(exc).splitlines()[0]}") from None
+        # torch's first line only says "Error(s) in loading state_dict"; the next names the key
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else "shape mismatch")
+        raise CheckpointError(f"checkpoint {path} does not fit the model: {detail}") from None
     if missing or unexpected:
         what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
         raise CheckpointError(f"checkpoint {path} does not fit the model: {what}"

@@ -88,6 +88,16 @@ class RegionsError(PlannerError, ValueError):
 # ------------------------------------------------------------------------------------ networks
 
 
+def _preactivations(weights, biases, x) -> list[np.ndarray]:
+    """Pre-activations of every ReLU layer for a batch ``x`` (float64)."""
+    out, h = [], np.asarray(x, dtype=np.float64)
+    for w, b in zip(weights, biases):
+        g = h @ w.T + b
+        out.append(g)
+        h = np.maximum(g, 0.0)
+    return out
+
+
 @dataclass(frozen=True)
 class ReluNet:
     """The hidden ReLU layers of an MLP, in float64: g_l = W_l h_{l-1} + b_l, h_l = relu(g_l)."""
@@ -133,12 +143,7 @@ class ReluNet:
 
     def preactivations(self, x: np.ndarray) -> list[np.ndarray]:
         """[g_1, ..., g_L] for a batch ``x`` of shape (N, n0)."""
-        out, h = [], np.asarray(x, dtype=np.float64)
-        for w, b in zip(self.weights, self.biases):
-            g = h @ w.T + b
-            out.append(g)
-            h = np.maximum(g, 0.0)
-        return out
+        return _preactivations(self.weights, self.biases, x)
 
     def patterns(self, x: np.ndarray) -> np.ndarray:
         """Activation patterns (N, units) as booleans: unit active iff its pre-activation > 0."""
@@ -319,12 +324,7 @@ class _SubNet:
         return [np.maximum(np.abs(lo), np.abs(hi)) for lo, hi in zip(self.lower, self.upper)]
 
     def preactivations(self, alpha: np.ndarray) -> list[np.ndarray]:
-        out, h = [], np.asarray(alpha, dtype=np.float64)
-        for w, b in zip(self.weights, self.biases):
-            g = h @ w.T + b
-            out.append(g)
-            h = np.maximum(g, 0.0)
-        return out
+        return _preactivations(self.weights, self.biases, alpha)
 
 
 def _subspace(net: ReluNet, points: np.ndarray) -> _SubNet:

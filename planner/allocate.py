@@ -62,6 +62,17 @@ class WeightLayer:
         return self.rows * self.cols
 
 
+@dataclass(frozen=True)
+class ExtraBudget:
+    """A further linear budget: sum over prunable layers of ``cost[name] * keep`` <= ``limit``.
+    Costs are integers per kept weight (multiply-accumulates, bytes, ...); a layer missing from
+    ``cost`` costs nothing. Frozen layers stay outside every budget."""
+
+    name: str
+    cost: dict
+    limit: int
+
+
 def layers_from_arch(arch: Architecture, *, prune_output: bool = False) -> list[WeightLayer]:
     shapes, names = arch.weight_shapes, arch.layer_names
     out = [WeightLayer(n, r, c, in_bound=True) for n, (r, c) in zip(names[:-1], shapes[:-1])]
@@ -215,6 +226,7 @@ def plan(
     prune_output: bool = False,
     input_dim: int | None = None,
     max_flops: int | None = None,
+    budgets: Sequence[ExtraBudget] = (),
     time_limit: float | None = None,
     threads: int = 1,
     seed: int = 0,
@@ -290,10 +302,16 @@ def plan(
         raise InfeasibleError(
             f"the minimum density {lo_d:g} needs {need} weights but the budget keeps {budget}"
         )
+    extras = list(budgets)
     if max_flops is not None:
-        floor_flops = sum(min_keep[w.name] * w.flops_per_weight for w in prunable)
-        if floor_flops > max_flops:
-            raise InfeasibleError(f"the minimum densities need {floor_flops} FLOPs, above the budget {max_flops}")
+        extras.append(ExtraBudget("flops", {w.name: w.flops_per_weight for w in layers}, int(max_flops)))
+    for e in extras:
+        if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 for v in e.cost.values()):
+            raise ProblemError(f"budget {e.name!r}: costs must be non-negative integers per kept weight")
+        floor_cost = sum(min_keep[w.name] * e.cost.get(w.name, 0) for w in prunable)
+        if floor_cost > e.limit:
+            raise InfeasibleError(f"the minimum densities need {floor_cost} of budget {e.name!r}, above its "
+                                  f"limit {e.limit}")
 
     # layers outside the bound: the bound cannot guide them, so they keep the uniform density
     fixed = {}
@@ -302,9 +320,9 @@ def plan(
             fixed[w.name] = min(max(uniform[w.name], min_keep[w.name]), max_keep[w.name])
     decision = [w for w in chain if not w.frozen]
     chain_budget = budget - sum(fixed.values())
-    flops_budget = None
-    if max_flops is not None:
-        flops_budget = max_flops - sum(fixed[w.name] * w.flops_per_weight for w in prunable if w.name in fixed)
+    # what each further budget leaves for the chain once the fixed layers are paid for
+    extra_left = [e.limit - sum(fixed[n] * e.cost.get(n, 0) for n in fixed) for e in extras]
+    extra_costs = [[0 if w.frozen else int(e.cost.get(w.name, 0)) for w in chain] for e in extras]
 
     # stage A: aligned grids and rank distributions
     floors = {w.name: max(min_keep[w.name], min(uniform[w.name], max(1, uniform[w.name] // GRID_SPAN)))
@@ -345,12 +363,14 @@ def plan(
                 done += 1
                 _progress(progress, "rank distributions", done, total_dists)
         options.append(LayerOption(w.name, w.rows, w.cols, tuple(c.keep for c in cs), tuple(dists)))
-    budgets = [LinearBudget("weights", tuple(tuple(0 if w.frozen else c.keep for c in cs)
-                                             for w, cs in zip(chain, cands)), chain_budget)]
-    if flops_budget is not None:
-        budgets.append(LinearBudget("flops", tuple(tuple(0 if w.frozen else c.keep * w.flops_per_weight for c in cs)
-                                                   for w, cs in zip(chain, cands)), flops_budget))
-    problem = AllocationProblem(tuple(options), d0, tuple(budgets))
+    linear = [LinearBudget("weights", tuple(tuple(0 if w.frozen else c.keep for c in cs)
+                                            for w, cs in zip(chain, cands)), chain_budget)]
+    for e, left, costs in zip(extras, extra_left, extra_costs):
+        if left < 0:
+            raise InfeasibleError(f"the layers outside the bound alone exceed budget {e.name!r}")
+        linear.append(LinearBudget(e.name, tuple(tuple(c.keep * cost for c in cs)
+                                                 for cost, cs in zip(costs, cands)), left))
+    problem = AllocationProblem(tuple(options), d0, tuple(linear))
 
     # the uniform choice: index 0 of every decision layer (absent when the limits exclude it)
     uniform_choice = None
@@ -366,7 +386,7 @@ def plan(
         problem, scorer, solver=solver, uniform_choice=uniform_choice, time_limit=time_limit,
         threads=threads, seed=seed, pool_size=pool_size, progress=progress,
     )
-    keeps = _fill(problem, list(problem.keeps(best_choice)), chain, flops_budget, max_keep)
+    keeps = _fill(problem, list(problem.keeps(best_choice)), chain, list(zip(extra_costs, extra_left)), max_keep)
 
     def bits_at(keeps_):
         dists = [rank_distribution(w.rows, w.cols, k / w.size, rank_model, seed=seed, cache=cache) if k else
@@ -375,7 +395,9 @@ def plan(
 
     plan_bits, plan_dists = bits_at(keeps)
     uniform_bits = None
-    if all(min_keep[w.name] <= uniform[w.name] <= max_keep[w.name] for w in prunable):
+    uniform_fits = all(min_keep[w.name] <= uniform[w.name] <= max_keep[w.name] for w in prunable) and all(
+        sum(uniform[w.name] * e.cost.get(w.name, 0) for w in prunable) <= e.limit for e in extras)
+    if uniform_fits:
         uniform_keeps = [w.size if w.frozen else uniform[w.name] for w in chain]
         uniform_bits, uniform_dists = bits_at(uniform_keeps)
         if plan_bits < uniform_bits - NOT_WORSE_EPS_BITS:  # never worse than uniform
@@ -405,6 +427,8 @@ def plan(
     }
     target = {"density": density, "keep": budget, "prunable": total,
               "min_density": min_density, "max_density": max_density, "max_flops": max_flops}
+    if budgets:
+        target["budgets"] = [{"name": e.name, "limit": int(e.limit)} for e in budgets]
     return Plan(architecture_info, "lr-bound", target, plan_layers, d0, objective,
                 {"name": solver, "status": str(result.status)}, seed)
 
@@ -500,15 +524,15 @@ def _local_search(problem, scorer, choice, admissible, progress, max_rounds: int
     return choice
 
 
-def _fill(problem, keeps, chain, flops_budget, max_keep):
+def _fill(problem, keeps, chain, extras, max_keep):
     """Hand out the weights the grid left over, in proportion to the planned keep-counts and
-    within every layer's room, so the plan keeps exactly the budget (unless every layer is at
-    its maximum, or the FLOPs budget binds first)."""
+    within every layer's room and every further budget (``extras``: per-weight costs of the
+    chain layers and the limit left), so the plan keeps exactly the budget unless a layer
+    maximum or another budget binds first."""
     decision = [i for i, w in enumerate(chain) if not w.frozen]
     room = {i: min(max_keep[chain[i].name], chain[i].size) - keeps[i] for i in decision}
     left = problem.budgets[0].limit - sum(keeps[i] for i in decision)
-    if flops_budget is not None:
-        flops_left = flops_budget - sum(keeps[i] * chain[i].flops_per_weight for i in decision)
+    extra_left = [limit - sum(keeps[i] * costs[i] for i in decision) for costs, limit in extras]
     while left > 0:
         open_ = [i for i in decision if room[i] > 0]
         if not open_:
@@ -517,9 +541,11 @@ def _fill(problem, keeps, chain, flops_budget, max_keep):
         moved = 0
         for i, share in zip(open_, shares):
             add = min(share, room[i])
-            if flops_budget is not None:
-                add = min(add, flops_left // chain[i].flops_per_weight)
-                flops_left -= add * chain[i].flops_per_weight
+            for e, (costs, _) in enumerate(extras):
+                if costs[i] > 0:
+                    add = min(add, extra_left[e] // costs[i])
+            for e, (costs, _) in enumerate(extras):
+                extra_left[e] -= add * costs[i]
             keeps[i] += add
             room[i] -= add
             moved += add

@@ -216,6 +216,8 @@ def load_model(model_spec, weights, input_shape):
 @click.option("--min-density", type=float, default=None, help="Lowest density any prunable layer may get.")
 @click.option("--max-density", type=float, default=None, help="Highest density any prunable layer may get.")
 @click.option("--prune-output", is_flag=True, help="Prune the output layer too (at the global density).")
+@click.option("--max-flops", type=click.IntRange(min=1), default=None,
+              help="Cap on multiply-accumulates per sample of the prunable layers (conv: per output position).")
 @click.option("--tie-break", type=click.Choice(["robust", "robust-analytic", "none"]), default="robust",
               show_default=True,
               help="How plans with equal bounds are ordered.")
@@ -227,7 +229,7 @@ def load_model(model_spec, weights, input_shape):
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the plan file here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan file to stdout instead of a table.")
 def plan_command(arch, model_spec, weights, input_shape, strategy, density, keep, solver, rank_model, input_dim, seed,
-                 cache_dir, no_cache, grid, min_density, max_density, prune_output, tie_break, time_limit,
+                 cache_dir, no_cache, grid, min_density, max_density, prune_output, max_flops, tie_break, time_limit,
                  threads, workers, output, as_json):
     """Plan per-layer densities that maximize the expected linear-region bound.
 
@@ -270,8 +272,8 @@ def plan_command(arch, model_spec, weights, input_shape, strategy, density, keep
     if strategy != "lr-bound":
         from .baselines import baseline_plan
 
-        if min_density is not None or max_density is not None:
-            raise click.UsageError("--min-density and --max-density apply to --strategy lr-bound only")
+        if min_density is not None or max_density is not None or max_flops is not None:
+            raise click.UsageError("--min-density, --max-density and --max-flops apply to --strategy lr-bound only")
         result = baseline_plan(strategy, net, layers=layers, architecture_info=info, density=density, keep=keep,
                                weights=weight_arrays, kernel_shapes=kernel_shapes, prune_output=prune_output,
                                rank_model=rank_model, input_dim=input_dim, seed=seed,
@@ -287,7 +289,7 @@ def plan_command(arch, model_spec, weights, input_shape, strategy, density, keep
         result = make_plan(
             net, layers=layers, architecture_info=info, density=density, keep=keep, solver=solver, rank_model=rank_model, grid=grid,
             min_density=min_density, max_density=max_density, prune_output=prune_output,
-            input_dim=input_dim, time_limit=time_limit, threads=threads, seed=seed,
+            max_flops=max_flops, input_dim=input_dim, time_limit=time_limit, threads=threads, seed=seed,
             tie_break=tie_break, workers=workers, cache=_make_cache(cache_dir, no_cache), progress=progress,
         )
     if output is not None:

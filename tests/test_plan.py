@@ -158,3 +158,52 @@ def test_tiny_budgets():
     tiny = plan("784,300,100,10", keep=2, rank_model="analytic", cache=RankCache(disk=False))
     assert tiny.kept == 2 and all(layer.keep >= 0 for layer in tiny.layers)
     assert tiny.objective["log2_bound"] >= tiny.objective["uniform_log2_bound"] - 1e-9
+
+
+def test_extra_linear_budgets_hold_and_bind():
+    from planner.allocate import ExtraBudget
+
+    cache = RankCache(disk=False)
+    free = plan("784,100,100,10", density=0.02, rank_model="analytic", tie_break="none", cache=cache)
+    # bytes: fc1 weights cost 4, fc2 weights 1; a limit the free plan breaks
+    cost = {"fc1": 4, "fc2": 1}
+    spent = sum(cost[layer.name] * layer.keep for layer in free.layers if layer.name in cost)
+    budget = ExtraBudget("bytes", cost, int(spent * 0.8))
+    tight = plan("784,100,100,10", density=0.02, rank_model="analytic", tie_break="none", budgets=[budget],
+                 cache=cache)
+    used = sum(cost[layer.name] * layer.keep for layer in tight.layers if layer.name in cost)
+    assert used <= budget.limit
+    assert tight.layer("fc1").keep < free.layer("fc1").keep
+    assert tight.kept <= tight.target["keep"]
+    loose = plan("784,100,100,10", density=0.02, rank_model="analytic", tie_break="none",
+                 budgets=[ExtraBudget("bytes", cost, 10 * spent)], cache=cache)
+    assert [layer.keep for layer in loose.layers] == [layer.keep for layer in free.layers]
+    with pytest.raises(InfeasibleError, match="bytes"):
+        plan("784,100,100,10", density=0.02, min_density=0.01, rank_model="analytic",
+             budgets=[ExtraBudget("bytes", cost, 10)], cache=cache)
+
+
+def test_flops_budget_on_a_conv_model():
+    torch = pytest.importorskip("torch")  # noqa: F841
+    from examples.models import lenet5
+    from planner.torch_model import model_layers
+
+    found = model_layers(lenet5(), (1, 32, 32))
+    flops = {w.name: w.flops_per_weight for w in found.layers}
+    kwargs = dict(layers=found.layers, density=0.1, rank_model="analytic", cache=RankCache(disk=False),
+                  architecture_info={"input_size": found.input_size})
+    free = plan(**kwargs)
+    spent = sum(flops[layer.name] * layer.keep for layer in free.layers if not layer.frozen)
+    limit = int(spent * 0.9)
+    tight = plan(max_flops=limit, **kwargs)
+    assert sum(flops[layer.name] * layer.keep for layer in tight.layers if not layer.frozen) <= limit
+
+
+def test_uniform_that_breaks_a_budget_is_no_floor():
+    from planner.allocate import ExtraBudget
+
+    cost = {"fc1": 1, "fc2": 1}
+    p = plan("64,40,30,10", density=0.2, rank_model="analytic", budgets=[ExtraBudget("macs", cost, 300)],
+             cache=RankCache(disk=False))
+    assert p.objective["uniform_log2_bound"] is None
+    assert sum(layer.keep for layer in p.layers if layer.name in cost) <= 300

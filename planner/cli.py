@@ -193,7 +193,7 @@ model_options = [
 ]
 
 
-def load_model(model_spec, weights, input_shape):
+def load_model(model_spec, weights):
     from .torch_model import load_factory, load_weights
 
     model = load_factory(model_spec)
@@ -250,7 +250,7 @@ def plan_command(arch, model_spec, weights, input_shape, strategy, density, keep
     else:
         from .torch_model import model_layers, model_weights
 
-        model = load_model(model_spec, weights, input_shape)
+        model = load_model(model_spec, weights)
         found = model_layers(model, parse_shape(input_shape), prune_output=prune_output)
         net, layers = None, list(found.layers)
         info = {"model": model_spec, "input_size": found.input_size}
@@ -364,7 +364,7 @@ def apply_command(model_spec, weights, input_shape, plan_path, criterion, calibr
     if not Path(output).parent.is_dir():
         raise click.UsageError(f"cannot write {output}: directory {Path(output).parent} does not exist")
     plan_obj = Plan.load(plan_path)
-    model = load_model(model_spec, weights, input_shape)
+    model = load_model(model_spec, weights)
     calib = None
     if calibration is not None:
         try:

@@ -224,12 +224,6 @@ def _adaptive_ranks(
     return np.asarray(ranks, dtype=np.int64)
 
 
-def _from_samples(rows, cols, p, method, ranks: np.ndarray) -> RankDistribution:
-    kmin = int(ranks.min())
-    counts = np.bincount(ranks - kmin)
-    return RankDistribution(rows, cols, p, method, kmin, counts / counts.sum(), samples=len(ranks))
-
-
 # ---------------------------------------------------------------------------------- analytic
 
 
@@ -359,42 +353,58 @@ def rank_distribution(
     cache = default_cache() if cache is None else cache
     seeded = method in ("sampled", "svd")
     key = RankCache.key(short, long, p, method, int(seed) if seeded else None)
-    hit = cache.memory.get(key)
-    if hit is None and seeded and cache.disk is not None:
-        payload = cache.disk.get(key)
-        if payload is not None:
-            try:
-                counts = np.asarray(payload["counts"], dtype=np.int64)
-                if counts.ndim != 1 or len(counts) == 0 or (counts < 0).any() or counts.sum() <= 0:
-                    raise ValueError("bad counts")
-                kmin = int(payload["kmin"])
-                if kmin < 0 or kmin + len(counts) - 1 > short:
-                    raise ValueError("ranks outside 0..min(rows, cols)")
-                hit = RankDistribution(
-                    short, long, p, method, kmin, counts / counts.sum(), samples=int(counts.sum()),
-                )
-            except (KeyError, TypeError, ValueError):
-                hit = None
+    hit = _cached(cache, key, short, long, p, method) if seeded else cache.memory.get(key)
     if hit is None:
         if method == "analytic":
-            hit = _analytic(short, long, p)
+            hit = cache.memory[key] = _analytic(short, long, p)
         else:
-            ranks = _adaptive_ranks(method, short, long, p, int(seed), progress)
-            hit = _from_samples(short, long, p, method, ranks)
-            if cache.disk is not None:
-                counts = np.bincount(ranks - hit.kmin)
-                cache.disk.put(key, {"kmin": hit.kmin, "counts": counts.tolist()})
-        cache.memory[key] = hit
+            kmin, counts = _sample_counts(method, short, long, p, int(seed), progress)
+            hit = _remember(cache, key, short, long, p, method, kmin, counts)
     if (hit.rows, hit.cols) != (rows, cols):
         hit = RankDistribution(rows, cols, p, method, hit.kmin, hit.probs, samples=hit.samples)
     return hit
 
 
-def _sample_counts(method: str, short: int, long: int, p: float, seed: int) -> tuple[int, list[int]]:
-    """Worker entry point: the adaptive sample of one distribution as (kmin, counts)."""
-    ranks = _adaptive_ranks(method, short, long, p, seed)
+def _sample_counts(method: str, short: int, long: int, p: float, seed: int, progress=None) -> tuple[int, list[int]]:
+    """The adaptive sample of one distribution as (kmin, counts); also the workers' entry point."""
+    ranks = _adaptive_ranks(method, short, long, p, seed, progress)
     kmin = int(ranks.min())
     return kmin, np.bincount(ranks - kmin).tolist()
+
+
+def _from_counts(short, long, p, method, kmin: int, counts) -> RankDistribution:
+    counts = np.asarray(counts, dtype=np.int64)
+    return RankDistribution(short, long, p, method, kmin, counts / counts.sum(), samples=int(counts.sum()))
+
+
+def _remember(cache: RankCache, key, short, long, p, method, kmin: int, counts: list[int]) -> RankDistribution:
+    """Keep a freshly sampled distribution in memory and on disk."""
+    dist = cache.memory[key] = _from_counts(short, long, p, method, kmin, counts)
+    if cache.disk is not None:
+        cache.disk.put(key, {"kmin": kmin, "counts": counts})
+    return dist
+
+
+def _cached(cache: RankCache, key, short, long, p, method) -> RankDistribution | None:
+    """A sampled distribution from memory, or from a disk entry that checks out (then kept in
+    memory too); None when it has to be computed."""
+    hit = cache.memory.get(key)
+    if hit is not None or cache.disk is None:
+        return hit
+    payload = cache.disk.get(key)
+    if payload is None:
+        return None
+    try:
+        counts = np.asarray(payload["counts"], dtype=np.int64)
+        if counts.ndim != 1 or len(counts) == 0 or (counts < 0).any() or counts.sum() <= 0:
+            raise ValueError("bad counts")
+        kmin = int(payload["kmin"])
+        if kmin < 0 or kmin + len(counts) - 1 > short:
+            raise ValueError("ranks outside 0..min(rows, cols)")
+    except (KeyError, TypeError, ValueError):
+        return None
+    hit = cache.memory[key] = _from_counts(short, long, p, method, kmin, counts)
+    return hit
 
 
 def prefetch(
@@ -419,12 +429,11 @@ def prefetch(
         p = check_density(p)
         short, long = min(rows, cols), max(rows, cols)
         key = RankCache.key(short, long, p, method, int(seed))
-        if p == 1.0 or key in seen or key in cache.memory:
+        if p == 1.0 or key in seen:
             continue
         seen.add(key)
-        if cache.disk is not None and cache.disk.get(key) is not None:
-            continue
-        missing.append((key, short, long, p))
+        if _cached(cache, key, short, long, p, method) is None:  # a disk hit is loaded once, here
+            missing.append((key, short, long, p))
     if workers is None:
         workers = os.cpu_count() or 1
     if len(missing) < 4 or workers <= 1:
@@ -435,11 +444,7 @@ def prefetch(
     with ProcessPoolExecutor(max_workers=min(workers, len(missing))) as pool:
         futures = [pool.submit(_sample_counts, method, short, long, p, int(seed)) for _, short, long, p in missing]
         for (key, short, long, p), fut in zip(missing, futures):
-            kmin, counts = fut.result()
-            arr = np.asarray(counts, dtype=np.int64)
-            cache.memory[key] = RankDistribution(short, long, p, method, kmin, arr / arr.sum(), samples=int(arr.sum()))
-            if cache.disk is not None:
-                cache.disk.put(key, {"kmin": kmin, "counts": counts})
+            _remember(cache, key, short, long, p, method, *fut.result())
             done += 1
             if progress is not None:
                 progress(done, len(missing))

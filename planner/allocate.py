@@ -162,18 +162,17 @@ class Scorer:
         self._levels: dict[tuple, list[float]] = {}
 
     def _dist(self, layer_index: int, cand: Candidate, level: int):
+        """The rank distribution of a candidate with its density halved ``level`` (>= 1) times;
+        level 0 is the problem's own table."""
         layer = self.problem.layers[layer_index]
-        if level == 0:
-            p = cand.density
-        elif cand.index is not None:
+        if cand.index is not None:
             p = self.grid.density(cand.index - level * self.grid.steps)
         else:
             p = cand.density / 2.0**level
         if p <= 0.0:
             return RankDistribution.point_mass(layer.rows, layer.cols, 0, density=0.0)
         model = self.rank_model
-        if level > 0 and (self.tie_break == "robust-analytic"
-                          or min(layer.rows, layer.cols) > ROBUST_SAMPLED_MAX_SIDE):
+        if self.tie_break == "robust-analytic" or min(layer.rows, layer.cols) > ROBUST_SAMPLED_MAX_SIDE:
             model = "analytic"
         return rank_distribution(layer.rows, layer.cols, min(p, 1.0), model, seed=self.seed, cache=self.cache)
 

@@ -60,8 +60,8 @@ def main() -> None:
 
     import planner
     from examples.models import mlp
-    from planner.apply import apply_plan, compute_masks, finalize
-    from planner.torch_model import model_layers
+    from planner.pruning.masks import apply_plan, compute_masks, finalize
+    from planner.pruning.model import model_layers
 
     sizes = (784, 300, 100, 10) if args.quick else (1024, 4096, 4096, 1024)
     print(f"machine: {machine()}")
@@ -100,7 +100,7 @@ def main() -> None:
         print(f"{name:<36} {seconds:>8.2f} {peak:>32.2f}")
 
     lenet = mlp((784, 300, 100, 10), seed=0)
-    from planner.compensation import compensation_statistics
+    from planner.pruning.compensation import compensation_statistics
 
     x = torch.rand(1000, 784)
     names = ["fc1", "fc2", "fc3"]

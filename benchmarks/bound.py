@@ -8,7 +8,7 @@ density, this measures
   ``RankCache(disk=False)``; ``svd`` is skipped for a layer whose single sample takes more than
   ``--svd-sample-budget`` seconds or whose estimated total exceeds ``--svd-layer-budget``;
 * the number of samples drawn and the support size (kmax - kmin + 1) of every layer;
-* the time of one evaluation of ``planner.bound.log2_bound`` once the distributions exist
+* the time of one evaluation of ``planner.core.bound.log2_bound`` once the distributions exist
   (median over many timed repeats);
 
 then the two single-layer targets and the bound-evaluation target, with pass/fail.
@@ -57,8 +57,8 @@ except ImportError:  # run from a checkout without installing: use the repositor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import planner
 
-from planner.bound import log2_bound
-from planner.rank import RankCache, _numerical_rank_sample, rank_distribution
+from planner.core.bound import log2_bound
+from planner.core.rank import RankCache, _numerical_rank_sample, rank_distribution
 
 ARCHS = [(784, 100, 100), (784, 400, 400), (3072, 400, 400), (400, 120, 84), (1024, 4096, 4096)]
 QUICK_ARCHS = [(784, 100, 100), (400, 120, 84)]

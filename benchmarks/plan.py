@@ -61,7 +61,7 @@ def stage_timing(arch: str, density: float, grid: int) -> None:
     """One cold plan in this process, with the time at which each stage ended."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
     os.environ["SPARSITY_PLANNER_CACHE_DIR"] = tempfile.mkdtemp()
-    from planner.allocate import plan
+    from planner.allocation.pipeline import plan
 
     start, seen = time.perf_counter(), set()
 

@@ -7,7 +7,7 @@ scikit-learn (1797 8x8 images) instead of MNIST.
    (``planner.baselines.baseline_plan("uniform", ...)`` + ``planner.apply``; the output layer
    stays dense), fine-tune it with the masks held (300 full-batch Adam steps, lr 5e-3), and
    finalize it.
-3. Count its linear regions (``planner.regions.count_regions``) on random subspaces spanned by
+3. Count its linear regions (``planner.experiments.regions.count_regions``) on random subspaces spanned by
    S+1 = 2, 3, 5 test images (S = 1, 2, 4; the same subspaces at every density), with a time
    limit per count (a count the limit stopped is a lower bound and is flagged), next to the
    expected bound of Theorem 1 with d0 = S at the realized per-layer densities.
@@ -83,8 +83,8 @@ def accuracy(model, x, y) -> float:
 
 def prune_uniform(dense, density: float, x_train, y_train, finetune: int):
     """A pruned, fine-tuned, finalized copy of ``dense`` (density 1 returns a plain copy)."""
-    from planner.apply import apply_plan, finalize
-    from planner.baselines import baseline_plan
+    from planner.pruning.masks import apply_plan, finalize
+    from planner.allocation.baselines import baseline_plan
 
     model = copy.deepcopy(dense)
     if density < 1.0:
@@ -101,8 +101,8 @@ def hidden_densities(model) -> list[float]:
 
 
 def log2_bound(densities, d0: int) -> float:
-    from planner.bound import expected_bound
-    from planner.rank import RankCache
+    from planner.core.bound import expected_bound
+    from planner.core.rank import RankCache
 
     report = expected_bound(",".join(map(str, ARCH)), densities, rank_model="sampled", input_dim=d0,
                             cache=RankCache(disk=False))
@@ -127,8 +127,8 @@ def fmt_bound(bits: float) -> str:
 def run_experiment(args) -> int:
     import torch
 
-    from planner.bound import dense_log2_bound
-    from planner.regions import count_regions
+    from planner.core.bound import dense_log2_bound
+    from planner.experiments.regions import count_regions
 
     start = time.perf_counter()
     out = Path(args.out)
@@ -269,7 +269,7 @@ def run_timing(args) -> int:
     """How long counting takes for a 784-20-20-10 MLP (PyTorch's default initialization) on
     subspaces spanned by S+1 points uniform in [0, 1]^784."""
     from examples.models import mlp
-    from planner.regions import count_regions
+    from planner.experiments.regions import count_regions
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from planner.problem import AllocationProblem, MaxPlusLayer, maxplus_tables
+from planner.allocation.problem import AllocationProblem, MaxPlusLayer, maxplus_tables
 
 #: A solution is accepted when every integer variable is within this of an integer and every
 #: row and bound holds within this (absolute) tolerance: looser than the solvers' own 1e-6

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Sequence
 
-from planner.problem import AllocationProblem
+from planner.allocation.problem import AllocationProblem
 
 
 class SolveStatus(str, Enum):

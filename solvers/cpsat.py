@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from planner.problem import maxplus_tables
+from planner.allocation.problem import maxplus_tables
 
 from .base import SolveResult, SolveStatus, Solver
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import math
-
 from planner.errors import SolverError
-from planner.problem import maxplus_log_value, maxplus_tables
+from planner.allocation.problem import maxplus_log_value, maxplus_tables
 
 from .base import SolveResult, SolveStatus, Solver
 

@@ -5,7 +5,7 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    import planner.rank as rank
+    import planner.core.rank as rank
 
     monkeypatch.setenv("SPARSITY_PLANNER_CACHE_DIR", str(tmp_path_factory.mktemp("rank-cache")))
     monkeypatch.setattr(rank, "_default_cache", None)

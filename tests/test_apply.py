@@ -10,11 +10,11 @@ torch = pytest.importorskip("torch")
 
 import planner  # noqa: E402
 from examples import models  # noqa: E402
-from planner.apply import apply_plan, compute_masks, finalize, top_k_mask  # noqa: E402
+from planner.pruning.masks import apply_plan, compute_masks, finalize, top_k_mask  # noqa: E402
 from planner.cli import main  # noqa: E402
 from planner.errors import CheckpointError, ModelError, PlanMismatchError  # noqa: E402
-from planner.plan import Plan, PlanLayer  # noqa: E402
-from planner.torch_model import load_factory, load_state_dict, model_layers  # noqa: E402
+from planner.allocation.planfile import Plan, PlanLayer  # noqa: E402
+from planner.pruning.model import load_factory, load_state_dict, model_layers  # noqa: E402
 
 
 def small_plan(model, density=0.3):

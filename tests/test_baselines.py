@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from planner.allocate import WeightLayer
-from planner.arch import Architecture
-from planner.baselines import BASELINES, baseline_keeps, baseline_plan, lamp_scores
+from planner.allocation.request import WeightLayer
+from planner.core.arch import Architecture
+from planner.allocation.baselines import BASELINES, baseline_keeps, baseline_plan, lamp_scores
 from planner.errors import PlannerError
 
 ARCH = "64,100,100,10"
@@ -93,8 +93,8 @@ def test_global_magnitude_uses_one_threshold_across_layers():
     import torch
 
     from examples.models import mlp
-    from planner.apply import compute_masks
-    from planner.torch_model import model_layers, model_weights
+    from planner.pruning.masks import compute_masks
+    from planner.pruning.model import model_layers, model_weights
 
     model = mlp((64, 100, 100, 10), seed=3)
     with torch.no_grad():  # make the layers' scales differ so the threshold is not per layer
@@ -143,7 +143,7 @@ def test_uniform_plus_leaves_a_frozen_output_layer_dense():
 
 def _lenet5():
     from examples.models import lenet5
-    from planner.torch_model import model_layers, model_weights
+    from planner.pruning.model import model_layers, model_weights
 
     model = lenet5(seed=0)
     return model, model_layers, model_weights
@@ -168,7 +168,7 @@ def test_uniform_plus_on_lenet5_keeps_the_first_conv_dense(prune_output):
 
 
 def test_every_strategy_keeps_the_same_number_of_weights():
-    from planner.allocate import plan
+    from planner.allocation.pipeline import plan
 
     weights = _random_weights(ARCH, seed=1, scales={"fc1": 2.0})
     for d in (0.05, 0.007):

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 import planner
-from planner.arch import PRESETS, Architecture
-from planner.bound import dense_log2_bound, expected_bound, log2_bound, log_bound
+from planner.core.arch import PRESETS, Architecture
+from planner.core.bound import dense_log2_bound, expected_bound, log2_bound, log_bound
 from planner.errors import ArchitectureError, DensityError, InputDimError, PlannerError, RankModelError
-from planner.rank import RankCache, RankDistribution, rank_distribution
+from planner.core.rank import RankCache, RankDistribution, rank_distribution
 
 
 def exact_log2(x) -> float:

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from planner import rank
-from planner.cache import ENV_VAR, DiskCache, default_cache_dir
-from planner.rank import RankCache, rank_distribution
+from planner.core import rank
+from planner.core.cache import ENV_VAR, DiskCache, default_cache_dir
+from planner.core.rank import RankCache, rank_distribution
 
 SHAPE, P, SEED = (30, 40), 0.05, 11  # a case with a wide rank range: several counts
 
@@ -152,7 +152,7 @@ def _edit(fn):
 
 def _rechecksum(fn):
     """Tamper with the payload and recompute the checksum: a well-formed entry with nonsense."""
-    from planner.cache import _checksum
+    from planner.core.cache import _checksum
 
     def edit(entry):
         fn(entry["payload"])
@@ -245,7 +245,7 @@ def test_unwritable_cache_does_not_break_planning(tmp_path):
 WRITER = textwrap.dedent(
     """
     import os, sys, time
-    from planner.cache import DiskCache
+    from planner.core.cache import DiskCache
     directory, key, tag, go = sys.argv[1:5]
     cache = DiskCache(directory)
     deadline = time.monotonic() + 60
@@ -284,7 +284,7 @@ def test_two_processes_writing_one_key_leave_one_valid_entry(tmp_path):
 SAMPLER = textwrap.dedent(
     """
     import os, sys, time
-    from planner.rank import RankCache, rank_distribution
+    from planner.core.rank import RankCache, rank_distribution
     directory, go = sys.argv[1:3]
     deadline = time.monotonic() + 60
     while not os.path.exists(go):

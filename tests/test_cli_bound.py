@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from planner.bound import dense_log2_bound, expected_bound
+from planner.core.bound import dense_log2_bound, expected_bound
 from planner.cli import main
-from planner.rank import RankCache
+from planner.core.rank import RankCache
 
 
 def run(capsys, *argv):

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from planner.cli import main
-from planner.plan import Plan
+from planner.allocation.planfile import Plan
 
 
 def run(capsys, *args):

@@ -15,10 +15,10 @@ from torch.func import jacrev, vmap  # noqa: E402
 from torch.nn.utils import prune  # noqa: E402
 
 from examples import models  # noqa: E402
-from planner.apply import apply_plan, compute_masks  # noqa: E402
-from planner.compensation import compensation_statistics  # noqa: E402
+from planner.pruning.masks import apply_plan, compute_masks  # noqa: E402
+from planner.pruning.compensation import compensation_statistics  # noqa: E402
 from planner.errors import ModelError, PlannerError  # noqa: E402
-from planner.plan import Plan, PlanLayer  # noqa: E402
+from planner.allocation.planfile import Plan, PlanLayer  # noqa: E402
 
 SIZES = (8, 6, 5, 3)
 NAMES = ["fc1", "fc2", "fc3"]

@@ -6,7 +6,7 @@ import struct
 import numpy as np
 import pytest
 
-from planner.data import CIFAR_RECORD, DatasetError, load_dataset, parse_idx
+from planner.experiments.data import CIFAR_RECORD, DatasetError, load_dataset, parse_idx
 from planner.errors import PlannerError
 
 

@@ -7,17 +7,9 @@ import numpy as np
 import pytest
 
 from planner.cli import cli, main
-from planner.cli_compare import compare_command
-from planner.experiment import (
-    Comparison,
-    ExperimentError,
-    compare,
-    markdown_table,
-    paired_differences,
-    parse_strategy,
-    summarize,
-    write_outputs,
-)
+from planner.cli.compare import compare_command
+from planner.experiments.compare import Comparison, ExperimentError, compare, parse_strategy
+from planner.experiments.report import markdown_table, paired_differences, summarize, write_outputs
 
 if "compare" not in cli.commands:
     cli.add_command(compare_command)
@@ -31,7 +23,7 @@ TINY = ["compare", "--dataset", "digits", "--arch", "64,100,100,10", "--densitie
 def tiny_run(tmp_path_factory):
     import os
 
-    import planner.rank as rank
+    import planner.core.rank as rank
 
     out = tmp_path_factory.mktemp("compare-out")
     saved = os.environ.get("SPARSITY_PLANNER_CACHE_DIR"), rank._default_cache
@@ -115,9 +107,9 @@ def test_compare_is_deterministic_and_paired(tiny_run):
 def test_masks_hold_during_fine_tuning():
     import torch
 
-    from planner.apply import apply_plan, finalize
-    from planner.baselines import baseline_plan
-    from planner.experiment import make_mlp, train
+    from planner.pruning.masks import apply_plan, finalize
+    from planner.allocation.baselines import baseline_plan
+    from planner.experiments.training import make_mlp, train
 
     model = make_mlp((64, 100, 100, 10), seed=0)
     p = baseline_plan("erk", "64,100,100,10", density=0.03, rank_model="analytic")

@@ -13,8 +13,8 @@ import pytest
 
 import planner
 from planner.errors import PlanFormatError, PlannerError
-from planner.export import FORMATS, export_plan
-from planner.plan import Plan, PlanLayer
+from planner.pruning.export import FORMATS, export_plan
+from planner.allocation.planfile import Plan, PlanLayer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -348,7 +348,7 @@ def test_output_is_deterministic(mlp_plan):
 
 
 def test_export_module_imports_no_pruning_library():
-    code = ("import sys, planner.export; "
+    code = ("import sys, planner.pruning.export; "
             "bad = [m for m in ('torch', 'nni', 'sparseml', 'yaml') if m in sys.modules]; "
             "assert not bad, bad")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)

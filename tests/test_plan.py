@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 
 import planner
-from planner.allocate import InfeasibleError, Scorer, optimize, plan
+from planner.allocation.pipeline import plan
+from planner.allocation.scoring import Scorer
+from planner.allocation.search import optimize
+from planner.errors import InfeasibleError
 from planner.errors import PlanFormatError, ProblemError
-from planner.plan import Plan
-from planner.problem import AllocationProblem, LayerOption, LinearBudget
-from planner.rank import RankCache, rank_distribution
+from planner.allocation.planfile import Plan
+from planner.allocation.problem import AllocationProblem, LayerOption, LinearBudget
+from planner.core.rank import RankCache, rank_distribution
 from solvers import available_solvers
 
 IP_BACKENDS = [s for s in available_solvers() if s != "exact"]
@@ -161,7 +164,7 @@ def test_tiny_budgets():
 
 
 def test_extra_linear_budgets_hold_and_bind():
-    from planner.allocate import ExtraBudget
+    from planner.allocation.request import ExtraBudget
 
     cache = RankCache(disk=False)
     free = plan("784,100,100,10", density=0.02, rank_model="analytic", tie_break="none", cache=cache)
@@ -186,7 +189,7 @@ def test_extra_linear_budgets_hold_and_bind():
 def test_flops_budget_on_a_conv_model():
     torch = pytest.importorskip("torch")  # noqa: F841
     from examples.models import lenet5
-    from planner.torch_model import model_layers
+    from planner.pruning.model import model_layers
 
     found = model_layers(lenet5(), (1, 32, 32))
     flops = {w.name: w.flops_per_weight for w in found.layers}
@@ -200,7 +203,7 @@ def test_flops_budget_on_a_conv_model():
 
 
 def test_uniform_that_breaks_a_budget_is_no_floor():
-    from planner.allocate import ExtraBudget
+    from planner.allocation.request import ExtraBudget
 
     cost = {"fc1": 1, "fc2": 1}
     p = plan("64,40,30,10", density=0.2, rank_model="analytic", budgets=[ExtraBudget("macs", cost, 300)],

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from planner import rank
+from planner.core import rank
 from planner.errors import DensityError, PlannerError, RankModelError
-from planner.rank import EXACT_MAX_ENTRIES, RANK_MODELS, RankCache, RankDistribution, rank_distribution
+from planner.core.rank import EXACT_MAX_ENTRIES, RANK_MODELS, RankCache, RankDistribution, rank_distribution
 
 #: Significance level of every statistical test here. The samplers are seeded, so each test is
 #: deterministic; the strict level just keeps a correct estimator far from the rejection region.

@@ -16,18 +16,12 @@ import torch
 from torch import nn
 
 from examples.models import mlp
-from planner.bound import dense_log2_bound
+from planner.core.bound import dense_log2_bound
 from planner.errors import PlannerError
-from planner.regions import (
-    ReluNet,
-    RegionsError,
-    _subspace,
-    _tighten,
-    check_points,
-    count_regions,
-    region_margin,
-    relu_net,
-)
+from planner.experiments.regions import RegionsError
+from planner.experiments.regions.count import count_regions
+from planner.experiments.regions.net import ReluNet, _subspace, _tighten, check_points, relu_net
+from planner.experiments.regions.walk import region_margin
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -229,7 +223,7 @@ def test_bad_options():
 @pytest.fixture
 def cli_main():
     from planner.cli import cli, main
-    from planner.cli_regions import count_regions_command
+    from planner.cli.count_regions import count_regions_command
 
     if "count-regions" not in cli.commands:
         cli.add_command(count_regions_command)

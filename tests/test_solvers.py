@@ -23,7 +23,7 @@ from functools import lru_cache
 import pytest
 
 from planner.errors import SolverError
-from planner.problem import (
+from planner.allocation.problem import (
     AllocationProblem,
     LayerOption,
     LinearBudget,
@@ -31,7 +31,7 @@ from planner.problem import (
     maxplus_log_value,
     maxplus_tables,
 )
-from planner.rank import RankCache, rank_distribution
+from planner.core.rank import RankCache, rank_distribution
 from solvers import REGISTRY, SolveStatus, available_solvers, get_solver
 from solvers.exact import ExactSolver
 

@@ -1,7 +1,4 @@
-"""``sparsity-planner compare``: the accuracy experiment of SPEC section 8 from the command line.
-
-Register it with ``cli.add_command(compare_command)`` (planner.cli).
-"""
+"""``sparsity-planner compare``: the accuracy experiment from the command line."""
 
 from __future__ import annotations
 
@@ -11,15 +8,14 @@ import time
 
 import click
 
-from .data import DATASETS
-from .experiment import DEFAULT_DENSITIES, DEFAULT_STRATEGIES
+from planner.cli.common import parse_densities
+from planner.core import RANK_MODELS
+from planner.experiments import DATASETS, DEFAULT_DENSITIES, DEFAULT_STRATEGIES
 
 DEFAULT_ARCH = "64,100,100,10"
 
 
 def _parse_densities(text: str) -> list[float]:
-    from .cli import parse_densities
-
     if not text or not text.strip():
         raise click.UsageError("--densities takes a comma list like 0.1,0.05,0.01")
     return parse_densities(text, "--densities")
@@ -48,7 +44,7 @@ def _parse_densities(text: str) -> list[float]:
 @click.option("--momentum", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0, show_default=True,
               help="SGD momentum (the paper: plain SGD).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--rank-model", type=click.Choice(["sampled", "svd", "analytic", "exact"]), default="sampled",
+@click.option("--rank-model", type=click.Choice(RANK_MODELS), default="sampled",
               show_default=True, help="Rank model of the plans' bounds.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="torch threads (the layers are tiny: one is fastest).")
@@ -58,10 +54,11 @@ def _parse_densities(text: str) -> list[float]:
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of tables.")
 def compare_command(dataset, data_dir, arch, densities, strategies, seeds, epochs, finetune_epochs, lr, momentum,
                     batch_size, rank_model, threads, out_dir, no_progress, as_json):
-    """Train, prune by each strategy, fine-tune and compare test accuracy (SPEC section 8)."""
+    """Train, prune by each strategy, fine-tune and compare test accuracy."""
     from pathlib import Path
 
-    from .experiment import compare, markdown_table, parse_strategies, verdict_table, write_outputs
+    from planner.experiments.compare import compare, parse_strategies
+    from planner.experiments.report import markdown_table, verdict_table, write_outputs
 
     # The paper's schedule (lr 0.01, 15 + 15 epochs) gives MNIST about 7000 SGD updates; digits
     # has 11 batches an epoch, so the same schedule leaves even the dense model near chance

@@ -15,9 +15,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .bound import LN2, log_binomial_prefix, log_binomials, log_bound
-from .errors import ProblemError
-from .rank import RankDistribution
+from planner.core.bound import LN2, log_binomial_prefix, log_binomials, log_bound
+from planner.errors import ProblemError
+from planner.core.rank import RankDistribution
 
 
 @dataclass(frozen=True)

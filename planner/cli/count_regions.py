@@ -1,8 +1,5 @@
 """``sparsity-planner count-regions``: count the linear regions of a torch MLP on the convex hull
-of a few input points (SPEC section 7).
-
-Register it on the main group with ``cli.add_command(count_regions_command)``.
-"""
+of a few input points."""
 
 from __future__ import annotations
 
@@ -10,7 +7,7 @@ import json
 
 import click
 
-from .regions import METHODS, SOLVERS, RegionsError
+from planner.experiments.regions import METHODS, SOLVERS, RegionsError
 
 
 def load_points(path: str):
@@ -64,9 +61,9 @@ def count_regions_command(model_spec, weights, points_path, method, solver, time
     full dimension S. Prints the count, whether it is complete, and the dense Theorem 1 bound
     with d0 = S for comparison.
     """
-    from .bound import dense_log2_bound
-    from .regions import count_regions
-    from .torch_model import load_factory, load_weights
+    from planner.core.bound import dense_log2_bound
+    from planner.experiments.regions import count_regions
+    from planner.pruning.model import load_factory, load_weights
 
     points = load_points(points_path)  # before the model: cheap checks first
     model = load_factory(model_spec)

@@ -11,8 +11,8 @@ import sys
 from dataclasses import dataclass
 from typing import Sequence
 
-from .allocate import WeightLayer
-from .errors import CheckpointError, ModelError
+from planner.allocation.request import WeightLayer
+from planner.errors import CheckpointError, ModelError
 
 
 def load_factory(spec: str):

@@ -16,16 +16,15 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .allocate import WeightLayer, apportion, layers_from_arch
-from .arch import Architecture
-from .bound import LN2, log_bound
-from .errors import DensityError, InfeasibleError, PlannerError, ProblemError
-from .plan import Plan, PlanLayer
-from .rank import RankDistribution, check_density, rank_distribution
+from planner.allocation.request import WeightLayer, apportion, layers_from_arch
+from planner.core.arch import Architecture
+from planner.core.bound import LN2, log_bound
+from planner.errors import DensityError, InfeasibleError, PlannerError, ProblemError
+from planner.allocation.planfile import Plan, PlanLayer
+from planner.core.rank import RankDistribution, check_density, rank_distribution
 
-BASELINES = ("uniform", "uniform-plus", "erk", "global", "lamp")
-STRATEGIES = ("lr-bound",) + BASELINES
-NEEDS_WEIGHTS = ("global", "lamp")
+from planner.allocation import BASELINES, NEEDS_WEIGHTS, STRATEGIES
+
 UNIFORM_PLUS_LAST_MIN = 0.2
 
 

@@ -14,7 +14,7 @@ Imports torch; only ``planner.apply`` imports this module, and only for that cri
 
 from __future__ import annotations
 
-from .errors import ModelError, PlannerError
+from planner.errors import ModelError, PlannerError
 
 DEFAULT_CHUNK_SIZE = 256
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PlannerError
+from planner.errors import PlannerError
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+from planner.experiments import DATASETS
 #: flattened input size of each dataset (the first size of ``--arch``)
 FEATURES = {"digits": 64, "mnist": 784, "fashion-mnist": 784, "cifar10": 3072}
 CLASSES = {"digits": 10, "mnist": 10, "fashion-mnist": 10, "cifar10": 10}

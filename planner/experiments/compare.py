@@ -1,4 +1,4 @@
-"""The accuracy experiment (SPEC section 8): does bound-guided allocation beat the baselines?
+"""The accuracy experiment: does bound-guided allocation beat the baselines?
 
 For every seed: train the dense MLP once (SGD, cross-entropy); then for every density and
 strategy: plan the per-layer keep-counts, prune a copy of the dense model by magnitude within
@@ -7,7 +7,7 @@ each layer (``apply_plan``), fine-tune it with the masks held fixed (the torch p
 recall. The output layer stays dense under every strategy, as in the paper.
 
 Strategies: ``lr-bound`` (the planner, default tie-break ``robust``), ``lr-bound:<tie-break>``
-(``robust``, ``robust-analytic``, ``none``) and the baselines of :mod:`planner.baselines`
+(``robust``, ``robust-analytic``, ``none``) and the baselines of :mod:`planner.allocation.baselines`
 (``uniform``, ``uniform-plus``, ``erk``, ``global``, ``lamp``; ``global`` and ``lamp`` rank the
 trained weights).
 
@@ -21,22 +21,18 @@ comparison) and a row does not depend on which other strategies or densities wer
 from __future__ import annotations
 
 import copy
-import csv
-import functools
-import io
 import json
 import math
+import numbers
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
-import numpy as np
+from planner.errors import PlannerError
 
-from .errors import PlannerError
+from planner.experiments import DEFAULT_DENSITIES, DEFAULT_STRATEGIES
 
-DEFAULT_STRATEGIES = ("lr-bound", "uniform", "erk", "global", "lamp")
-DEFAULT_DENSITIES = (0.1, 0.05, 0.03, 0.02, 0.01, 0.007)
 REFERENCE = "lr-bound"
 RESULT_FIELDS = ("strategy", "density", "seed", "accuracy", "accuracy_pruned", "dense_accuracy", "log2_bound",
                  "kept", "densities", "plan_densities", "per_class_recall")
@@ -52,8 +48,8 @@ class ExperimentError(PlannerError, ValueError):
 def parse_strategy(name: str) -> tuple[str, str | None]:
     """``(kind, tie_break)``: ``("lr-bound", "robust")`` for ``lr-bound`` and
     ``lr-bound:<tie-break>``, ``(baseline, None)`` for a baseline."""
-    from .allocate import TIE_BREAKS
-    from .baselines import BASELINES
+    from planner.allocation.request import TIE_BREAKS
+    from planner.allocation.baselines import BASELINES
 
     text = str(name).strip()
     kind, _, tie = text.partition(":")
@@ -85,7 +81,7 @@ def parse_strategies(strategies: str | Iterable[str]) -> list[str]:
 
 
 def _check_densities(densities) -> list[float]:
-    from .rank import check_density
+    from planner.core.rank import check_density
 
     if isinstance(densities, (int, float)):
         densities = [densities]
@@ -100,13 +96,13 @@ def _check_densities(densities) -> list[float]:
 
 
 def _check_seeds(seeds) -> list[int]:
-    if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
+    if isinstance(seeds, numbers.Integral) and not isinstance(seeds, bool):
         if seeds < 1:
             raise ExperimentError(f"the number of seeds must be at least 1, got {seeds}")
         return list(range(int(seeds)))
     out = []
     for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0:
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0:
             raise ExperimentError(f"seeds must be non-negative integers, got {s!r}")
         if int(s) not in out:
             out.append(int(s))
@@ -115,91 +111,14 @@ def _check_seeds(seeds) -> list[int]:
     return out
 
 
-# ------------------------------------------------------------------------------ model, training
-
-
-@functools.lru_cache(maxsize=None)
-def _mlp_class():
-    """The MLP class, built on first use so importing this module does not import torch."""
-    import torch.nn as nn
-
-    class MLP(nn.Module):
-        """ReLU MLP with linear layers fc1..fcN, named as in the planner's ``--arch`` plans."""
-
-        def __init__(self, sizes):
-            super().__init__()
-            self.sizes = tuple(sizes)
-            for i in range(len(self.sizes) - 1):
-                self.add_module(f"fc{i + 1}", nn.Linear(self.sizes[i], self.sizes[i + 1]))
-            self.relu = nn.ReLU()
-
-        def forward(self, x):
-            x = x.flatten(1)
-            n = len(self.sizes) - 1
-            for i in range(1, n):
-                x = self.relu(getattr(self, f"fc{i}")(x))
-            return getattr(self, f"fc{n}")(x)
-
-    return MLP
-
-
-def make_mlp(sizes: Sequence[int], seed: int | None = None):
-    """A fresh MLP (fc1..fcN); ``seed`` seeds torch's global generator first."""
-    import torch
-
-    if seed is not None:
-        torch.manual_seed(seed)
-    return _mlp_class()(sizes)
-
-
-def train(model, X, y, *, epochs: int, lr: float, batch_size: int, generator, momentum: float = 0.0,
-          on_epoch: Callable[[int], None] | None = None) -> None:
-    """Minibatch SGD on cross-entropy; each epoch's order is a permutation from ``generator``."""
-    import torch
-
-    if epochs <= 0:
-        return
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    n = len(X)
-    model.train()
-    for epoch in range(epochs):
-        perm = torch.randperm(n, generator=generator)
-        for start in range(0, n, batch_size):
-            idx = perm[start:start + batch_size]
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(X[idx]), y[idx])
-            loss.backward()
-            opt.step()
-        if on_epoch is not None:
-            on_epoch(epoch + 1)
-
-
-def evaluate(model, X, y, n_classes: int) -> tuple[float, list[float]]:
-    """(accuracy, recall of every class) on ``X, y``."""
-    import torch
-
-    model.eval()
-    with torch.no_grad():
-        pred = model(X).argmax(dim=1)
-    correct = pred == y
-    acc = int(correct.sum()) / len(y) if len(y) else float("nan")
-    recall = []
-    for c in range(n_classes):
-        in_c = y == c
-        total = int(in_c.sum())
-        recall.append(int(correct[in_c].sum()) / total if total else float("nan"))
-    return acc, recall
-
-
 # ------------------------------------------------------------------------------ plans
 
 
 def strategy_plan(strategy: str, arch, density: float, *, seed: int, rank_model: str = "sampled",
                   weights=None, cache=None, workers: int | None = None):
     """The plan of one strategy at one global density (output layer frozen dense)."""
-    from .allocate import plan as make_plan
-    from .baselines import baseline_plan
+    from planner.allocation.pipeline import plan as make_plan
+    from planner.allocation.baselines import baseline_plan
 
     kind, tie = parse_strategy(strategy)
     if kind == "lr-bound":
@@ -325,10 +244,11 @@ def _compare(dataset, arch, densities, strategies, seeds, *, epochs, finetune_ep
              data_dir, rank_model, progress, cache, workers, data) -> Comparison:
     import torch
 
-    from .apply import apply_plan, finalize
-    from .arch import Architecture
-    from .data import CLASSES, FEATURES, load_dataset
-    from .rank import RANK_MODELS
+    from planner.pruning.masks import apply_plan, finalize
+    from planner.core.arch import Architecture
+    from planner.experiments.data import CLASSES, FEATURES, load_dataset
+    from planner.experiments.training import evaluate, make_mlp, train
+    from planner.core.rank import RANK_MODELS
 
     net = Architecture.parse(arch) if isinstance(arch, str) else arch
     strategies = parse_strategies(strategies)
@@ -349,7 +269,7 @@ def _compare(dataset, arch, densities, strategies, seeds, *, epochs, finetune_ep
         raise ExperimentError(f"unknown rank model {rank_model!r}; choose one of {', '.join(RANK_MODELS)}")
     for what, value, low in (("epochs", epochs, 1), ("fine-tune epochs", finetune_epochs, 0),
                              ("batch size", batch_size, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
             raise ExperimentError(f"{what} must be an integer >= {low}, got {value!r}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ExperimentError(f"the learning rate must be a positive number, got {lr!r}")
@@ -364,8 +284,8 @@ def _compare(dataset, arch, densities, strategies, seeds, *, epochs, finetune_ep
     X_tr, X_te = torch.as_tensor(X_tr, dtype=torch.float32), torch.as_tensor(X_te, dtype=torch.float32)
     y_tr, y_te = torch.as_tensor(y_tr, dtype=torch.int64), torch.as_tensor(y_te, dtype=torch.int64)
 
-    from .allocate import layers_from_arch
-    from .torch_model import model_weights
+    from planner.allocation.request import layers_from_arch
+    from planner.pruning.model import model_weights
 
     layer_names = net.layer_names
     config = {
@@ -464,218 +384,7 @@ def run_compare(
                      lr=lr, batch_size=batch_size, momentum=momentum, data_dir=data_dir, rank_model=rank_model,
                      progress=progress, cache=cache, workers=workers, threads=threads, data=data)
     if out_dir is not None:
+        from planner.experiments.report import write_outputs
+
         write_outputs(result, out_dir)
     return result.rows
-
-
-# ------------------------------------------------------------------------------ summaries
-
-
-def _mean_se(values: Sequence[float]) -> tuple[float, float]:
-    a = np.asarray(values, dtype=np.float64)
-    if a.size == 0:
-        return float("nan"), float("nan")
-    se = float(a.std(ddof=1) / math.sqrt(a.size)) if a.size > 1 else 0.0
-    return float(a.mean()), se
-
-
-def summarize(rows: Sequence[dict]) -> list[dict]:
-    """Per (strategy, density): n, mean and standard error of the accuracy, mean log2 bound,
-    mean per-layer densities; strategies and densities in first-seen order."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["strategy"], r["density"]), []).append(r)
-    out = []
-    for (strategy, density), rs in groups.items():
-        mean, se = _mean_se([r["accuracy"] for r in rs])
-        bounds = [r["log2_bound"] for r in rs if r.get("log2_bound") is not None]
-        out.append({
-            "strategy": strategy, "density": density, "n": len(rs), "accuracy_mean": mean, "accuracy_se": se,
-            "log2_bound_mean": float(np.mean(bounds)) if bounds else None,
-            "densities_mean": np.mean([r["densities"] for r in rs], axis=0).tolist(),
-        })
-    return out
-
-
-def paired_differences(rows: Sequence[dict], reference: str = REFERENCE) -> list[dict]:
-    """For every other strategy and density: the mean over seeds of accuracy(reference) -
-    accuracy(other) on the same seed (same dense model, same fine-tuning batches), its standard
-    error, and a verdict: ``win``/``loss`` when the mean difference exceeds one standard error,
-    ``tie`` otherwise."""
-    acc = {(r["strategy"], r["density"], r["seed"]): r["accuracy"] for r in rows}
-    strategies = list(dict.fromkeys(r["strategy"] for r in rows))
-    densities = list(dict.fromkeys(r["density"] for r in rows))
-    out = []
-    if reference not in strategies:
-        return out
-    for other in strategies:
-        if other == reference:
-            continue
-        for d in densities:
-            seeds = sorted({s for (st, dd, s) in acc if st == reference and dd == d}
-                           & {s for (st, dd, s) in acc if st == other and dd == d})
-            if not seeds:
-                continue
-            diffs = [acc[(reference, d, s)] - acc[(other, d, s)] for s in seeds]
-            mean, se = _mean_se(diffs)
-            verdict = "tie" if abs(mean) <= se or (se == 0 and mean == 0) else ("win" if mean > 0 else "loss")
-            out.append({"reference": reference, "other": other, "density": d, "n": len(seeds),
-                        "difference_mean": mean, "difference_se": se, "verdict": verdict})
-    return out
-
-
-def markdown_table(rows: Sequence[dict], dense: Sequence[dict] = ()) -> str:
-    """Mean accuracy (%) +- standard error per strategy (rows) and density (columns), then the
-    mean log2 bound the same way."""
-    summary = summarize(rows)
-    strategies = list(dict.fromkeys(s["strategy"] for s in summary))
-    densities = list(dict.fromkeys(s["density"] for s in summary))
-    cell = {(s["strategy"], s["density"]): s for s in summary}
-    head = "| strategy | " + " | ".join(f"{d:g}" for d in densities) + " |"
-    rule = "| --- | " + " | ".join("---:" for _ in densities) + " |"
-    lines = ["Test accuracy (%), mean ± standard error over seeds:", "", head, rule]
-    for st in strategies:
-        vals = [cell.get((st, d)) for d in densities]
-        lines.append(f"| {st} | " + " | ".join(
-            "" if v is None else f"{100 * v['accuracy_mean']:.2f} ± {100 * v['accuracy_se']:.2f}" for v in vals) + " |")
-    if dense:
-        m, se = _mean_se([d["accuracy"] for d in dense])
-        lines += ["", f"Dense model: {100 * m:.2f} ± {100 * se:.2f} % ({len(dense)} seeds)."]
-    lines += ["", "Expected log2 bound on linear regions, mean over seeds:", "", head, rule]
-    for st in strategies:
-        vals = [cell.get((st, d)) for d in densities]
-        lines.append(f"| {st} | " + " | ".join(
-            "" if v is None or v["log2_bound_mean"] is None else f"{v['log2_bound_mean']:.2f}" for v in vals) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def verdict_table(rows: Sequence[dict], reference: str = REFERENCE) -> str:
-    """Accuracy(reference) - accuracy(baseline), in points, paired by seed: mean ± SE and W/T/L."""
-    diffs = paired_differences(rows, reference)
-    if not diffs:
-        return ""
-    others = list(dict.fromkeys(d["other"] for d in diffs))
-    densities = list(dict.fromkeys(d["density"] for d in diffs))
-    cell = {(d["other"], d["density"]): d for d in diffs}
-    mark = {"win": "**win**", "tie": "tie", "loss": "*loss*"}
-    lines = [f"{reference} minus each other strategy, accuracy points, paired by seed (mean ± SE; win/loss "
-             f"when |mean| > 1 SE):", "",
-             "| vs | " + " | ".join(f"{d:g}" for d in densities) + " |",
-             "| --- | " + " | ".join("---:" for _ in densities) + " |"]
-    for o in others:
-        vals = [cell.get((o, d)) for d in densities]
-        lines.append(f"| {o} | " + " | ".join(
-            "" if v is None else f"{100 * v['difference_mean']:+.2f} ± {100 * v['difference_se']:.2f} "
-                                 f"{mark[v['verdict']]}" for v in vals) + " |")
-    return "\n".join(lines) + "\n"
-
-
-# ------------------------------------------------------------------------------ files
-
-
-def results_csv(rows: Sequence[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(RESULT_FIELDS)
-    for r in rows:
-        writer.writerow([json.dumps(r[f]) if isinstance(r[f], list) else r[f] for f in RESULT_FIELDS])
-    return buf.getvalue()
-
-
-def _figure_bytes(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, metadata={"Software": None})
-    return buf.getvalue()
-
-
-def _style(strategy: str) -> dict:
-    """lr-bound drawn on top; its tie-break variants dashed."""
-    if strategy == REFERENCE:
-        return {"zorder": 4, "lw": 2.0}
-    if strategy.startswith(REFERENCE + ":"):
-        return {"ls": "--", "lw": 1.2}
-    return {"lw": 1.2}
-
-
-def _offsets(n: int, spread: float = 0.035) -> list[float]:
-    """Multiplicative x offsets so error bars of different strategies do not overlap."""
-    return [math.exp(spread * (i - (n - 1) / 2)) for i in range(n)]
-
-
-def plot_accuracy(ax, rows, dense=(), title=None) -> None:
-    summary = summarize(rows)
-    strategies = list(dict.fromkeys(s["strategy"] for s in summary))
-    for st, off in zip(strategies, _offsets(len(strategies))):
-        pts = sorted((s for s in summary if s["strategy"] == st), key=lambda s: s["density"])
-        ax.errorbar([s["density"] * off for s in pts], [100 * s["accuracy_mean"] for s in pts],
-                    yerr=[100 * s["accuracy_se"] for s in pts], marker="o", ms=4, capsize=3, label=st,
-                    **_style(st))
-    if dense:
-        m, _ = _mean_se([d["accuracy"] for d in dense])
-        ax.axhline(100 * m, color="grey", ls="--", lw=1, label="dense")
-    ax.set_xscale("log")
-    ax.set_xlabel("global density (kept fraction of hidden-layer weights)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title or "accuracy after fine-tuning (mean ± SE)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-
-
-def plot_bound(ax, rows, title=None) -> None:
-    summary = summarize(rows)
-    strategies = list(dict.fromkeys(s["strategy"] for s in summary))
-    for st in strategies:
-        pts = sorted((s for s in summary if s["strategy"] == st and s["log2_bound_mean"] is not None),
-                     key=lambda s: s["density"])
-        ax.plot([s["density"] for s in pts], [s["log2_bound_mean"] for s in pts], marker="o", ms=4, label=st,
-                **_style(st))
-    ax.set_xscale("log")
-    ax.set_xlabel("global density (kept fraction of hidden-layer weights)")
-    ax.set_ylabel("expected log2 bound on linear regions")
-    ax.set_title(title or "expected bound of each plan")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-
-
-def plots(result: Comparison) -> dict[str, bytes]:
-    """PNG bytes: ``accuracy.png``, ``bound.png`` and ``compare.png`` (both panels)."""
-    from matplotlib.figure import Figure  # no pyplot: no global backend state
-
-    cfg = result.config
-    where = f"{cfg.get('dataset')} {'-'.join(map(str, cfg.get('arch', [])))}, {len(cfg.get('seeds', []))} seeds"
-    out = {}
-    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
-    plot_accuracy(fig.add_subplot(), result.rows, result.dense, f"accuracy after fine-tuning ({where})")
-    out["accuracy.png"] = _figure_bytes(fig)
-    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
-    plot_bound(fig.add_subplot(), result.rows, f"expected log2 bound ({where})")
-    out["bound.png"] = _figure_bytes(fig)
-    fig = Figure(figsize=(12, 4.6), layout="constrained")
-    a, b = fig.subplots(1, 2)
-    plot_accuracy(a, result.rows, result.dense, f"accuracy, mean ± SE ({where})")
-    plot_bound(b, result.rows, "expected log2 bound on linear regions")
-    out["compare.png"] = _figure_bytes(fig)
-    return out
-
-
-def write_outputs(result: Comparison, out_dir) -> list[str]:
-    """Write results.csv, results.json, summary.md and the plots into ``out_dir`` (created if
-    needed), every file atomically; returns the paths written."""
-    from pathlib import Path
-
-    from .fileio import atomic_write_bytes, atomic_write_text
-
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ExperimentError(f"--out {out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    atomic_write_text(out / "results.csv", results_csv(result.rows))
-    atomic_write_text(out / "results.json", json.dumps(result.to_dict(), indent=2) + "\n")
-    atomic_write_text(out / "summary.md", markdown_table(result.rows, result.dense) + "\n"
-                      + verdict_table(result.rows))
-    written += [str(out / n) for n in ("results.csv", "results.json", "summary.md")]
-    for name, data in plots(result).items():
-        atomic_write_bytes(out / name, data)
-        written.append(str(out / name))
-    return written

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import ArchitectureError
+from planner.errors import ArchitectureError
 
 #: Named architectures from the paper, usable wherever ``--arch`` takes a list.
 PRESETS: dict[str, tuple[int, ...]] = {

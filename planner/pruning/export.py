@@ -47,8 +47,8 @@ import json
 import math
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 
-from .errors import PlanFormatError
-from .plan import Plan, PlanLayer
+from planner.errors import PlanFormatError
+from planner.allocation.planfile import Plan, PlanLayer
 
 FORMATS = ("nni", "torch-ao", "sparseml", "torch-prune")
 

@@ -22,8 +22,8 @@ from typing import Sequence
 import numpy as np
 from scipy.special import gammaln
 
-from .errors import InputDimError, PlannerError
-from .rank import RankDistribution
+from planner.errors import InputDimError, PlannerError
+from planner.core.rank import RankDistribution
 
 LN2 = math.log(2.0)
 _NEG_INF = -np.inf
@@ -127,7 +127,7 @@ def dense_log2_bound(sizes: Sequence[int], input_dim: int | None = None) -> floa
 # ------------------------------------------------------------------------------- network API
 
 
-def _check_input_dim(arch, input_dim: int | None) -> int:
+def check_input_dim(arch, input_dim: int | None) -> int:
     if input_dim is None:
         return arch.input_size
     if isinstance(input_dim, bool) or not isinstance(input_dim, (int, np.integer)):
@@ -141,8 +141,8 @@ def _check_input_dim(arch, input_dim: int | None) -> int:
 
 def expand_densities(arch, density) -> list[float]:
     """One density for every hidden layer, or a list with one per hidden layer."""
-    from .errors import DensityError
-    from .rank import check_density
+    from planner.errors import DensityError
+    from planner.core.rank import check_density
 
     if isinstance(density, (list, tuple, np.ndarray)):
         values = list(density)
@@ -213,15 +213,15 @@ def expected_bound(
 
     ``progress(layer_index, samples_done, samples_planned)`` is called while sampling.
     """
-    from .arch import Architecture
-    from .rank import RANK_MODELS, rank_distribution
-    from .errors import RankModelError
+    from planner.core.arch import Architecture
+    from planner.core.rank import RANK_MODELS, rank_distribution
+    from planner.errors import RankModelError
 
     if isinstance(arch, str):
         arch = Architecture.parse(arch)
     if rank_model not in RANK_MODELS:
         raise RankModelError(f"unknown rank model {rank_model!r}; choose one of {', '.join(RANK_MODELS)}")
-    d0 = _check_input_dim(arch, input_dim)
+    d0 = check_input_dim(arch, input_dim)
     densities = expand_densities(arch, density)
     layers = []
     for i, ((rows, cols), p, name) in enumerate(zip(arch.weight_shapes, densities, arch.layer_names)):

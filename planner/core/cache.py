@@ -8,7 +8,7 @@ import logging
 import os
 from pathlib import Path
 
-from .fileio import atomic_write_text
+from planner.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import DensityError, RankModelError
+from planner.errors import DensityError, RankModelError
 
-RANK_MODELS = ("sampled", "svd", "analytic", "exact")
+from planner.core import RANK_MODELS
 DEFAULT_RANK_MODEL = "sampled"
 
 #: The adaptive sample size of the paper: 50 samples, then until n >= 50 * (spread of ranks).
@@ -301,7 +301,7 @@ class RankCache:
     """
 
     def __init__(self, directory=None, *, disk: bool = True):
-        from .cache import DiskCache, default_cache_dir
+        from planner.core.cache import DiskCache, default_cache_dir
 
         self.memory: dict[tuple, RankDistribution] = {}
         if disk:

@@ -7,8 +7,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import PlanFormatError
-from .fileio import atomic_write_text
+from planner.errors import PlanFormatError
+from planner.fileio import atomic_write_text
 
 FORMAT_NAME = "sparsity-plan"
 FORMAT_VERSION = 1

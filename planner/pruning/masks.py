@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .errors import PlanMismatchError, PlannerError
-from .plan import Plan
+from planner.errors import PlanMismatchError, PlannerError
+from planner.allocation.planfile import Plan
 
 CRITERIA = ("magnitude", "random", "elimination-compensation")
 
@@ -106,7 +106,7 @@ def _statistics(model, pairs, criterion, calibration):
         return {}
     if calibration is None:
         raise PlannerError("elimination-compensation needs a calibration batch (--calibration X.npy)")
-    from .compensation import compensation_statistics
+    from planner.pruning.compensation import compensation_statistics
 
     return compensation_statistics(model, [layer.name for layer, _ in pairs], calibration)
 

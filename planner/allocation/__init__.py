@@ -1,0 +1,16 @@
+"""From a request to a plan: ``request`` (what is asked), ``grid`` (candidate keep-counts),
+``problem`` (the integer program's data), ``scoring`` (the tie-breaks), ``search`` (solve and
+polish), ``pipeline`` (the steps and :func:`plan`), ``baselines`` (uniform, ERK, global, LAMP)
+and ``planfile`` (:class:`Plan` and its JSON format).
+
+This module holds the names the command line needs without importing numpy.
+"""
+
+#: how plans with equal bounds are ordered (``scoring.Scorer``)
+TIE_BREAKS = ("robust", "robust-analytic", "none")
+#: the baseline allocations of ``baselines.py``
+BASELINES = ("uniform", "uniform-plus", "erk", "global", "lamp")
+#: every strategy a plan can come from
+STRATEGIES = ("lr-bound",) + BASELINES
+#: baselines that rank trained weights
+NEEDS_WEIGHTS = ("global", "lamp")

@@ -1,0 +1,220 @@
+"""The plan pipeline: a :class:`PlanRequest` through six named steps to a :class:`Plan`.
+
+1. :func:`~planner.allocation.request.validate` -- check the request, resolve it to whole weights;
+2. :func:`~planner.allocation.grid.candidates` -- the aligned grid of keep-counts per layer;
+3. :func:`build_problem` -- rank distributions of every candidate, the budgets, the
+   :class:`AllocationProblem`;
+4. :func:`~planner.allocation.search.solve` -- a backend's integer program and its certificate;
+5. :func:`~planner.allocation.search.polish` -- exact scores, the tie-break, local search, the
+   left-over weights, and the uniform plan as a floor;
+6. :func:`assemble` -- the plan file.
+
+No plan worse than the uniform plan in exact bound is ever returned. :func:`plan` keeps the
+keyword interface; :func:`run` takes a request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from planner.allocation.grid import Candidate, DensityGrid, candidates
+from planner.allocation.planfile import Plan, PlanLayer
+from planner.allocation.problem import AllocationProblem, LayerOption, LinearBudget
+from planner.allocation.request import (
+    DEFAULT_GRID,
+    ExtraBudget,
+    PlanRequest,
+    Target,
+    WeightLayer,
+    validate,
+)
+from planner.allocation.scoring import Scorer
+from planner.allocation.search import NOT_WORSE_EPS_BITS, fill, polish, report, solve
+from planner.core.arch import Architecture
+from planner.core.bound import LN2, log_bound
+from planner.core.rank import RankCache, RankDistribution, prefetch, rank_distribution
+from planner.errors import InfeasibleError
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class Built:
+    """Step 3's result: the problem, its grid and candidates, and the uniform choice on it."""
+
+    problem: AllocationProblem
+    grid: DensityGrid
+    cands: list[list[Candidate]]
+    uniform_choice: tuple[int, ...] | None
+
+
+def _dist(w: WeightLayer, keep: int, density: float, rank_model: str, seed: int, cache):
+    if keep == 0:
+        return RankDistribution.point_mass(w.rows, w.cols, 0, density=0.0)
+    return rank_distribution(w.rows, w.cols, density, rank_model, seed=seed, cache=cache)
+
+
+def build_problem(target: Target, dgrid: DensityGrid, cands: list[list[Candidate]], *,
+                  cache: RankCache | None = None, workers: int | None = None,
+                  progress: Progress | None = None) -> Built:
+    """Step 3: the rank distribution of every candidate (sampled in parallel, cached), the
+    weight budget and every further budget as linear constraints, and the uniform choice."""
+    r, chain = target.request, target.chain
+    total_dists = sum(len(cs) for w, cs in zip(chain, cands) if not w.frozen)
+    prefetch([(w.rows, w.cols, c.density) for w, cs in zip(chain, cands) if not w.frozen for c in cs if c.keep],
+             r.rank_model, seed=r.seed, cache=cache, workers=workers,
+             progress=None if progress is None else (lambda d, t: progress("rank distributions", d, t)))
+    done = 0
+    options = []
+    for w, cs in zip(chain, cands):
+        dists = []
+        for cand in cs:
+            dists.append(_dist(w, cand.keep, cand.density, r.rank_model, r.seed, cache))
+            if not w.frozen:
+                done += 1
+                report(progress, "rank distributions", done, total_dists)
+        options.append(LayerOption(w.name, w.rows, w.cols, tuple(c.keep for c in cs), tuple(dists)))
+    linear = [LinearBudget("weights", tuple(tuple(0 if w.frozen else c.keep for c in cs)
+                                            for w, cs in zip(chain, cands)), target.chain_budget)]
+    for e, left, costs in zip(target.extras, target.extra_left(), target.extra_costs()):
+        if left < 0:
+            raise InfeasibleError(f"the layers outside the bound alone exceed budget {e.name!r}")
+        linear.append(LinearBudget(e.name, tuple(tuple(c.keep * cost for c in cs)
+                                                 for cost, cs in zip(costs, cands)), left))
+    problem = AllocationProblem(tuple(options), target.input_dim, tuple(linear))
+
+    # the uniform choice: index 0 of every decision layer (absent when the limits exclude it)
+    uniform_choice = None
+    if all(w.frozen or any(c.index == 0 for c in cs) for w, cs in zip(chain, cands)):
+        uc = tuple(0 if w.frozen else next(i for i, c in enumerate(cs) if c.index == 0)
+                   for w, cs in zip(chain, cands))
+        if problem.feasible(uc):
+            uniform_choice = uc
+    return Built(problem, dgrid, cands, uniform_choice)
+
+
+@dataclass
+class Allocation:
+    """Step 5's result: the chain's keep-counts, their bound and distributions, the uniform
+    plan's bound, the certificate and the solver's status."""
+
+    keeps: list[int]
+    log2_bound: float
+    dists: list[RankDistribution]
+    uniform_log2_bound: float | None
+    certificate: float | None
+    status: str
+
+
+def allocate(target: Target, built: Built, *, cache: RankCache | None = None,
+             progress: Progress | None = None) -> Allocation:
+    """Steps 4 and 5: solve, polish, hand out the left-over weights, and fall back to the
+    uniform plan if the result is below it in exact bound."""
+    r, chain, problem = target.request, target.chain, built.problem
+    scorer = Scorer(problem, built.cands, built.grid, r.rank_model, r.seed, cache, r.tie_break)
+    result, certificate = solve(problem, solver=r.solver, uniform_choice=built.uniform_choice,
+                                time_limit=r.time_limit, threads=r.threads, seed=r.seed,
+                                pool_size=r.pool_size, progress=progress)
+    best = polish(problem, scorer, [result.choice, *result.pool], built.uniform_choice, progress)
+    keeps = fill(problem, list(problem.keeps(best)), chain,
+                 list(zip(target.extra_costs(), target.extra_left())), target.max_keep)
+
+    def bits_at(keeps_):
+        dists = [_dist(w, k, k / w.size, r.rank_model, r.seed, cache) for w, k in zip(chain, keeps_)]
+        return log_bound([w.rows for w in chain], dists, target.input_dim) / LN2, dists
+
+    plan_bits, plan_dists = bits_at(keeps)
+    uniform_bits = None
+    if target.uniform_fits():
+        uniform_keeps = [w.size if w.frozen else target.uniform[w.name] for w in chain]
+        uniform_bits, uniform_dists = bits_at(uniform_keeps)
+        if plan_bits < uniform_bits - NOT_WORSE_EPS_BITS:  # never worse than uniform
+            keeps, plan_bits, plan_dists = uniform_keeps, uniform_bits, uniform_dists
+    return Allocation(keeps, plan_bits, plan_dists, uniform_bits, certificate, str(result.status))
+
+
+def assemble(target: Target, alloc: Allocation) -> Plan:
+    """Step 6: the plan file, every layer in the request's order."""
+    r, chain = target.request, target.chain
+    chain_keeps = {w.name: k for w, k in zip(chain, alloc.keeps)}
+    rank_of = {w.name: d.expected_rank for w, d in zip(chain, alloc.dists)}
+    plan_layers = []
+    for w in r.layers:
+        if w.frozen:
+            k = w.size
+        elif w.name in chain_keeps:
+            k = chain_keeps[w.name]
+        else:
+            k = target.fixed[w.name]
+        plan_layers.append(PlanLayer(w.name, w.rows, w.cols, int(k), w.frozen, w.in_bound,
+                                     rank_of.get(w.name) if w.in_bound else None))
+    cert = alloc.certificate
+    objective = {
+        "log2_bound": round(alloc.log2_bound, 6),
+        "uniform_log2_bound": None if alloc.uniform_log2_bound is None else round(alloc.uniform_log2_bound, 6),
+        "certificate_log2_upper": None if cert is None else round(cert, 6),
+        "certificate_gap_bits": None if cert is None else round(max(0.0, cert - alloc.log2_bound), 6),
+        "rank_model": r.rank_model,
+        "tie_break": r.tie_break,
+        "grid": r.grid,
+    }
+    plan_target = {"density": r.density, "keep": target.budget, "prunable": target.total,
+                   "min_density": r.min_density, "max_density": r.max_density, "max_flops": r.max_flops}
+    if r.budgets:
+        plan_target["budgets"] = [{"name": e.name, "limit": int(e.limit)} for e in r.budgets]
+    return Plan(r.architecture_info, "lr-bound", plan_target, plan_layers, target.input_dim, objective,
+                {"name": r.solver, "status": alloc.status}, r.seed)
+
+
+def run(request: PlanRequest, *, cache: RankCache | None = None, workers: int | None = None,
+        progress: Progress | None = None) -> Plan:
+    """The pipeline on a request. ``cache``, ``workers`` and ``progress`` change how fast the
+    plan comes, never which plan: same request, same plan, byte for byte."""
+    target = validate(request)
+    dgrid, cands = candidates(target)
+    built = build_problem(target, dgrid, cands, cache=cache, workers=workers, progress=progress)
+    alloc = allocate(target, built, cache=cache, progress=progress)
+    return assemble(target, alloc)
+
+
+def plan(
+    arch: Architecture | str | None = None,
+    *,
+    layers: Sequence[WeightLayer] | None = None,
+    density: float | None = None,
+    keep: int | None = None,
+    solver: str = "cpsat",
+    rank_model: str = "sampled",
+    grid: int = DEFAULT_GRID,
+    min_density: float | None = None,
+    max_density: float | None = None,
+    prune_output: bool = False,
+    input_dim: int | None = None,
+    max_flops: int | None = None,
+    budgets: Sequence[ExtraBudget] = (),
+    time_limit: float | None = None,
+    threads: int = 1,
+    seed: int = 0,
+    tie_break: str = "robust",
+    pool_size: int = 1,
+    workers: int | None = None,
+    cache: RankCache | None = None,
+    progress: Progress | None = None,
+    architecture_info: dict | None = None,
+) -> Plan:
+    """A per-layer sparsity plan maximizing the expected linear-region bound.
+
+    Give ``arch`` (``"784,300,100,10"`` or an :class:`Architecture`) or ``layers`` (a list of
+    :class:`WeightLayer`, hidden ReLU chain marked ``in_bound``), and exactly one of ``density``
+    (global kept fraction of the prunable weights) or ``keep`` (kept weights). The other
+    arguments are the fields of :class:`PlanRequest`. Raises :class:`InfeasibleError` when no
+    plan meets the budgets.
+    """
+    request = PlanRequest.build(
+        arch, layers=layers, prune_output=prune_output, architecture_info=architecture_info,
+        density=density, keep=keep, min_density=min_density, max_density=max_density, max_flops=max_flops,
+        budgets=budgets, input_dim=input_dim, rank_model=rank_model, seed=seed, grid=grid, tie_break=tie_break,
+        solver=solver, time_limit=time_limit, threads=threads, pool_size=pool_size,
+    )
+    return run(request, cache=cache, workers=workers, progress=progress)

@@ -1,0 +1,143 @@
+"""What the commands share: option sets, argument parsing, the rank cache, progress, output.
+
+Nothing here imports numpy, scipy or torch at module level: ``sparsity-planner --help`` loads
+every command module to list it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+
+import click
+
+from planner.errors import DensityError
+
+from planner.core import RANK_MODELS
+
+
+def parse_densities(text: str, what: str = "--density") -> list[float]:
+    """A comma list of densities, each checked to lie in (0, 1]."""
+    from planner.core.rank import check_density
+
+    values = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            values.append(float(part))
+        except ValueError:
+            raise DensityError(f"{what}: {part!r} is not a number") from None
+    return [check_density(v, f"{what} value") for v in values]
+
+
+def parse_shape(text: str | None):
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise click.UsageError(f"--input-shape takes comma-separated integers like 1,32,32, got {text!r}") from None
+    if not shape or any(v <= 0 for v in shape):
+        raise click.UsageError(f"--input-shape sizes must be positive, got {text!r}")
+    return shape
+
+
+def make_cache(cache_dir, no_cache):
+    """The rank cache the options ask for: none on disk, a directory, or the process default."""
+    from planner.core.rank import RankCache
+
+    if no_cache:
+        return RankCache(disk=False)
+    if cache_dir is None:
+        return None  # the process-wide default
+    return RankCache(cache_dir)
+
+
+def load_model(model_spec, weights):
+    from planner.pruning.model import load_factory, load_weights
+
+    model = load_factory(model_spec)
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+def check_output_dir(output) -> None:
+    """Refuse early, before any work, an output whose directory does not exist."""
+    if output is None:
+        return
+    from pathlib import Path
+
+    parent = Path(output).parent
+    if not parent.is_dir():
+        raise click.UsageError(f"cannot write {output}: directory {parent} does not exist")
+
+
+@contextmanager
+def progress_bars(enabled: bool, label=None):
+    """Yields ``callback(key, done, total)`` that draws one bar per ``key`` on stderr when it is a
+    terminal (and ``None`` otherwise); ``label(key)`` names a bar (default: the key itself)."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        tasks: dict = {}
+
+        def callback(key, done: int, total: int) -> None:
+            if key not in tasks:
+                tasks[key] = bar.add_task(str(key) if label is None else label(key), total=total)
+            bar.update(tasks[key], completed=done, total=max(total, done))
+
+        yield callback
+
+
+def print_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=False))
+
+
+def table(title: str | None, columns: list[tuple[str, str]], rows: list[list[str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title, box=None, pad_edge=False, header_style="bold")
+    for name, justify in columns:
+        t.add_column(name, justify=justify)
+    for row in rows:
+        t.add_row(*row)
+    Console(width=max(100, Console().width)).print(t)
+
+
+def with_options(options):
+    def decorate(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+rank_options = [
+    click.option("--rank-model", type=click.Choice(RANK_MODELS), default="sampled", show_default=True,
+                 help="Estimator of each pruned layer's rank distribution."),
+    click.option("--input-dim", type=int, default=None,
+                 help="Dimension d0 of the input subspace (default: the input size)."),
+    click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+                 help="Seed of the sampled rank models."),
+    click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+                 help="Rank-distribution cache (default: $SPARSITY_PLANNER_CACHE_DIR or the user cache)."),
+    click.option("--no-cache", is_flag=True, help="Do not read or write the on-disk cache."),
+]
+
+model_options = [
+    click.option("--model", "model_spec", default=None,
+                 help="package.module:factory returning an nn.Module (e.g. examples.models:lenet5)."),
+    click.option("--weights", type=click.Path(dir_okay=False), default=None,
+                 help="State dict for the model, loaded with torch.load(weights_only=True)."),
+    click.option("--input-shape", default=None,
+                 help="Model input shape without the batch dimension, e.g. 1,32,32 (needed for conv models)."),
+]

@@ -1,0 +1,146 @@
+"""``sparsity-planner plan``: a per-layer plan for an architecture or a torch model.
+
+The options map one to one onto :class:`planner.allocation.request.PlanRequest`'s fields (see
+:data:`REQUEST_OPTIONS`); a new budget or objective is a field there and an option here.
+"""
+
+from __future__ import annotations
+
+import click
+
+from planner.allocation import STRATEGIES, TIE_BREAKS
+from planner.cli.common import (
+    check_output_dir,
+    load_model,
+    make_cache,
+    model_options,
+    parse_shape,
+    progress_bars,
+    rank_options,
+    table,
+    with_options,
+)
+
+#: options that are fields of PlanRequest, passed through under the same name
+REQUEST_OPTIONS = ("density", "keep", "solver", "rank_model", "input_dim", "seed", "grid", "min_density",
+                   "max_density", "max_flops", "tie_break", "time_limit", "threads")
+#: what limits the baselines ignore
+LR_BOUND_ONLY = ("min_density", "max_density", "max_flops")
+
+
+@click.command(name="plan")
+@click.option("--arch", default=None, help="Sizes input,hidden...,output (e.g. 784,300,100,10) or a preset.")
+@with_options(model_options)
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="lr-bound", show_default=True,
+              help="lr-bound maximizes the bound; the others are baselines (global and lamp need --model).")
+@click.option("--density", type=float, default=None, help="Global density: kept fraction of the prunable weights.")
+@click.option("--keep", type=int, default=None, help="Kept weights (instead of --density).")
+@click.option("--solver", default="cpsat", show_default=True, help="cpsat, ortools-mip, pulp or exact.")
+@with_options(rank_options)
+@click.option("--grid", type=int, default=32, show_default=True, help="Candidate keep-counts per layer.")
+@click.option("--min-density", type=float, default=None, help="Lowest density any prunable layer may get.")
+@click.option("--max-density", type=float, default=None, help="Highest density any prunable layer may get.")
+@click.option("--prune-output", is_flag=True, help="Prune the output layer too (at the global density).")
+@click.option("--max-flops", type=click.IntRange(min=1), default=None,
+              help="Cap on multiply-accumulates per sample of the prunable layers (conv: per output position).")
+@click.option("--tie-break", type=click.Choice(TIE_BREAKS), default="robust", show_default=True,
+              help="How plans with equal bounds are ordered.")
+@click.option("--time-limit", type=float, default=None, help="Seconds the integer program may take.")
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="Solver threads (1 is deterministic; more may be faster).")
+@click.option("--workers", type=int, default=None,
+              help="Processes sampling rank distributions (default: every core; same result for any count).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the plan file here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan file to stdout instead of a table.")
+def plan_command(arch, model_spec, weights, input_shape, strategy, prune_output, cache_dir, no_cache, workers,
+                 output, as_json, **request_options):
+    """Plan per-layer densities that maximize the expected linear-region bound.
+
+    The network is --arch (sizes) or --model (a torch model factory, optionally --weights).
+    """
+    from planner.core.arch import Architecture
+
+    o = request_options
+    if (arch is None) == (model_spec is None):
+        raise click.UsageError("give exactly one of --arch (e.g. 784,300,100,10) and --model (package.module:factory)")
+    weight_arrays = kernel_shapes = None
+    if arch is not None:
+        if weights is not None or input_shape is not None:
+            raise click.UsageError("--weights and --input-shape go with --model, not --arch")
+        if strategy in ("global", "lamp"):
+            raise click.UsageError(f"--strategy {strategy} ranks weights by magnitude: give --model (and --weights)")
+        net, layers, info = Architecture.parse(arch), None, None
+    else:
+        from planner.pruning.model import model_layers, model_weights
+
+        model = load_model(model_spec, weights)
+        found = model_layers(model, parse_shape(input_shape), prune_output=prune_output)
+        net, layers = None, list(found.layers)
+        info = {"model": model_spec, "input_size": found.input_size}
+        weight_arrays, kernel_shapes = model_weights(model, layers)
+    if (o["density"] is None) == (o["keep"] is None):
+        raise click.UsageError("give exactly one of --density and --keep")
+    if o["time_limit"] is not None and o["time_limit"] <= 0:
+        raise click.UsageError("--time-limit must be positive")
+    if o["threads"] < 1:
+        raise click.UsageError("--threads must be at least 1")
+    if workers is not None and workers < 1:
+        raise click.UsageError("--workers must be at least 1")
+    check_output_dir(output)
+    cache = make_cache(cache_dir, no_cache)
+    if strategy != "lr-bound":
+        from planner.allocation.baselines import baseline_plan
+
+        if any(o[k] is not None for k in LR_BOUND_ONLY):
+            raise click.UsageError("--min-density, --max-density and --max-flops apply to --strategy lr-bound only")
+        result = baseline_plan(strategy, net, layers=layers, architecture_info=info, density=o["density"],
+                               keep=o["keep"], weights=weight_arrays, kernel_shapes=kernel_shapes,
+                               prune_output=prune_output, rank_model=o["rank_model"], input_dim=o["input_dim"],
+                               seed=o["seed"], cache=cache)
+    else:
+        from planner.allocation.pipeline import run
+        from planner.allocation.request import PlanRequest
+
+        request = PlanRequest.build(net, layers=layers, prune_output=prune_output, architecture_info=info,
+                                    **{k: o[k] for k in REQUEST_OPTIONS})
+        with progress_bars(not as_json) as progress:
+            result = run(request, cache=cache, workers=workers, progress=progress)
+    if output is not None:
+        result.save(output)
+    if as_json:
+        click.echo(result.to_json(), nl=False)
+        return
+    print_plan(result)
+    if output is not None:
+        click.echo(f"plan written to {output}")
+
+
+def fmt_density(d: float) -> str:
+    """Four decimals; tiny densities in scientific notation so they do not print as 0.0000."""
+    return f"{d:.4f}" if d == 0 or d >= 1e-3 else f"{d:.2e}"
+
+
+def print_plan(result) -> None:
+    obj = result.objective
+    arch = result.architecture.get("sizes")
+    head = f"architecture {','.join(map(str, arch))}  " if arch else ""
+    if "model" in result.architecture:
+        head = f"model {result.architecture['model']}  "
+    click.echo(f"{head}strategy {result.strategy}  rank model {obj.get('rank_model')} (seed {result.seed})"
+               f"  d0 = {result.input_dim}")
+    table(None, [("layer", "left"), ("shape", "right"), ("keep", "right"), ("density", "right"),
+                 ("expected rank", "right"), ("", "left")],
+          [[layer.name, f"{layer.rows}x{layer.cols}", str(layer.keep), fmt_density(layer.density),
+            "" if layer.expected_rank is None else f"{layer.expected_rank:.2f}",
+            "frozen" if layer.frozen else ("" if layer.in_bound else "outside the bound")]
+           for layer in result.layers])
+    click.echo(f"kept {result.kept} of {result.prunable} prunable weights (density {result.global_density:.4f})")
+    if obj.get("log2_bound") is not None:
+        click.echo(f"log2 bound          {obj['log2_bound']:.4f}")
+    if obj.get("uniform_log2_bound") is not None:
+        click.echo(f"uniform log2 bound  {obj['uniform_log2_bound']:.4f}")
+    if obj.get("certificate_log2_upper") is not None:
+        click.echo(f"certificate         no plan on the grid exceeds {obj['certificate_log2_upper']:.4f} "
+                   f"(gap {obj['certificate_gap_bits']:.2f} bits)")
+    if result.solver:
+        click.echo(f"solver              {result.solver.get('name')} ({result.solver.get('status')})")

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
+
+from machine import machine_line  # benchmarks/machine.py
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -38,15 +39,9 @@ def _reset_peak() -> None:
 
 
 def machine() -> str:
-    cpu = "unknown cpu"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     import torch
 
-    return f"{platform.platform()}; {cpu}; {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return machine_line(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
 
 def main() -> None:

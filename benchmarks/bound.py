@@ -48,6 +48,8 @@ if _BLAS_THREADS is not None and _BLAS_THREADS.isdigit() and int(_BLAS_THREADS) 
     for _var in THREAD_VARS:
         os.environ[_var] = _BLAS_THREADS
 
+from machine import cpu_model  # noqa: E402  benchmarks/machine.py
+
 import numpy as np  # noqa: E402  (after the thread variables are set)
 import scipy  # noqa: E402
 
@@ -77,16 +79,6 @@ SVD_PROBE_SIDE = 512
 
 
 # --------------------------------------------------------------------------------- machine
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def git_state() -> str:

@@ -14,11 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
+
+from machine import machine_line  # benchmarks/machine.py
 
 CASES = [
     ("784-100-100-10", "784,100,100,10"),
@@ -30,16 +31,7 @@ CASES = [
 
 
 def machine() -> str:
-    cpu = "unknown cpu"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{platform.platform()}; {cpu}; {os.cpu_count()} cores; Python {platform.python_version()}"
+    return machine_line()
 
 
 def run(arch: str, density: float, model: str, grid: int, cache_dir: str, timeout: float) -> tuple[float, dict | str]:

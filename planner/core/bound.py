@@ -1,4 +1,5 @@
-"""The expected upper bound on linear regions of a pruned ReLU MLP (Theorem 1, SPEC section 2).
+"""The expected upper bound on linear regions of a pruned ReLU MLP (Theorem 1 of Cai et al.,
+CPAIOR 2023; docs/theory.md derives it).
 
 With P_l the rank distribution of hidden layer l (width n_l),
 
@@ -17,10 +18,10 @@ second running sum. One evaluation is O(sum_l (n_l + |supp P_l|)) array work.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
-from scipy.special import gammaln
 
 from planner.errors import InputDimError, PlannerError
 from planner.core.rank import RankDistribution
@@ -29,15 +30,21 @@ LN2 = math.log(2.0)
 _NEG_INF = -np.inf
 
 
+@lru_cache(maxsize=256)
 def log_binomials(n: int) -> np.ndarray:
-    """ln C(n, j) for j = 0..n."""
-    j = np.arange(n + 1, dtype=np.float64)
-    return gammaln(n + 1.0) - gammaln(j + 1.0) - gammaln(n - j + 1.0)
+    """ln C(n, j) for j = 0..n (read-only; math.lgamma, so the bound needs no scipy)."""
+    lg = np.array([math.lgamma(x) for x in range(1, n + 2)])  # ln j! for j = 0..n
+    out = lg[n] - lg - lg[::-1]
+    out.flags.writeable = False
+    return out
 
 
+@lru_cache(maxsize=256)
 def log_binomial_prefix(n: int) -> np.ndarray:
-    """ln sum_{i <= j} C(n, i) for j = 0..n."""
-    return np.logaddexp.accumulate(log_binomials(n))
+    """ln sum_{i <= j} C(n, i) for j = 0..n (read-only)."""
+    out = np.logaddexp.accumulate(log_binomials(n))
+    out.flags.writeable = False
+    return out
 
 
 def _log_f(n: int, m_max: int, log_r_next: np.ndarray | None) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Timing of the expected linear-region bound (SPEC sections 2-3).
+"""Timing of the expected linear-region bound (docs/theory.md sections 1-2).
 
 For each architecture (input size, hidden widths; the output layer does not enter the bound) and
 density, this measures

@@ -1,6 +1,6 @@
 """The max-plus model of :mod:`solvers.cpsat` as plain data, for the floating-point MIP backends.
 
-``ortools-mip`` and ``pulp`` solve the same model as CP-SAT (SPEC section 4, stage B) but with a
+``ortools-mip`` and ``pulp`` solve the same model as CP-SAT (docs/theory.md section 3, stage B) but with a
 continuous objective in nats, so no scaling. Building it once here, as a list of variables and
 linear rows, keeps the two backends identical; each only translates the rows into its library's
 calls. The helpers also complete a hint into a full feasible assignment (MIP starts need more

@@ -1,4 +1,4 @@
-"""Baseline allocations (SPEC section 5) against hand computations."""
+"""Baseline allocations (docs/theory.md section 5) against hand computations."""
 
 import math
 

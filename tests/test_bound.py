@@ -1,4 +1,4 @@
-"""The expected bound (SPEC section 2) against independent oracles: the recurrence written out
+"""The expected bound (docs/theory.md section 1) against independent oracles: the recurrence written out
 literally in exact rational arithmetic, the dense bound of Serra et al. (2018) as an exact
 integer sum over its index set, and closed forms."""
 
@@ -27,7 +27,7 @@ def exact_log2(x) -> float:
 
 
 def recurrence(hidden, pmfs, d0) -> Fraction:
-    """R(1, d0) of SPEC section 2, literally: pmfs[l] maps rank k to P_l(k) (Fractions)."""
+    """R(1, d0) of docs/theory.md section 1, literally: pmfs[l] maps rank k to P_l(k) (Fractions)."""
     L = len(hidden)
 
     def R(l, d):
@@ -118,7 +118,7 @@ def test_dense_equals_serra_exact_integer(sizes, d0):
 
 
 def test_dense_known_values():
-    # the values quoted in SPEC section 2, from the exact integer sum
+    # dense values of the paper's 784-100-100 and 784-20-20, from the exact integer sum
     assert exact_log2(serra_dense((784, 100, 100))) == pytest.approx(199.0791, abs=5e-5)
     assert exact_log2(serra_dense((784, 20, 20))) == pytest.approx(39.1704, abs=5e-5)
 
@@ -143,7 +143,7 @@ def test_dense_alexnet_fc_exact():
     s = sum(math.comb(4096, j) for j in range(1025))
     want = exact_log2(s * s)
     assert dense_log2_bound(PRESETS["alexnet-fc"][:-1]) == pytest.approx(want, rel=1e-12)
-    assert 6600 < want < 6700  # SPEC: about 2^6635
+    assert 6600 < want < 6700  # the paper: about 2^6635
 
 
 @pytest.mark.parametrize("rank_model", ["sampled", "svd", "analytic", "exact"])

@@ -71,7 +71,7 @@ def test_infeasible_problem_is_reported_not_planned():
 
 
 def test_tie_break_prunes_long_rows_harder():
-    """SPEC section 4: at 784-100-100 and 5% the plan keeps a smaller fraction of layer 1."""
+    """docs/theory.md section 3: at 784-100-100 and 5% the plan keeps a smaller fraction of layer 1."""
     p = plan("784,100,100,10", density=0.05, cache=RankCache(disk=False))
     fc1, fc2 = p.layer("fc1"), p.layer("fc2")
     assert fc1.density < 0.05 < fc2.density

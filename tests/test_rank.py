@@ -1,4 +1,4 @@
-"""Rank distributions P(k | rows, cols, p) (SPEC section 3), checked against independent oracles:
+"""Rank distributions P(k | rows, cols, p) (docs/theory.md section 2), checked against independent oracles:
 brute-force enumeration with numpy's numerical rank, closed forms, the binomial formula, and
 goodness-of-fit tests of the samplers against the exact enumeration."""
 
@@ -234,7 +234,7 @@ def test_adaptive_sampler_mean_z_test(method, shape, p, seed):
      ("sampled", (20, 20), 0.9), ("svd", (4, 4), 0.5), ("svd", (12, 17), 0.1)],
 )
 def test_adaptive_sample_size_rule(method, shape, p):
-    # SPEC: 50 samples, then keep sampling until there are >= 50 * (max rank - min rank + 1);
+    # the paper: 50 samples, then keep sampling until there are >= 50 * (max rank - min rank + 1);
     # the sampler works in batches of rank.BATCH
     d = dist(*shape, p, method)
     spread = d.kmax - d.kmin + 1

@@ -1,4 +1,4 @@
-"""Counting linear regions on input subspaces (SPEC section 7): the MILP agrees with the exact
+"""Counting linear regions on input subspaces (docs/theory.md section 6): the MILP agrees with the exact
 segment walk, with brute force over every pattern, and with dense sampling; counts never exceed
 the dense Theorem 1 bound with d0 = S; the command line prints JSON and refuses bad input with
 one line and exit code 2; the digits experiment runs in its quick mode."""

@@ -1,4 +1,4 @@
-"""Closed forms of the dense bound (SPEC section 2) through the public API and the CLI."""
+"""Closed forms of the dense bound (docs/theory.md section 1) through the public API and the CLI."""
 
 import math
 import subprocess

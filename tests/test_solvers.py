@@ -1,5 +1,5 @@
-"""One shared suite for every solver backend (SPEC section 4, "Verification that must always
-hold"), parametrized over :func:`solvers.available_solvers` through the ``backend`` fixture.
+"""One shared suite for every solver backend (the integer program of docs/theory.md section 3),
+parametrized over :func:`solvers.available_solvers` through the ``backend`` fixture.
 
 Oracles, all independent of the backends under test:
   * max-plus optimum: brute force over every feasible combination with ``maxplus_log_value``

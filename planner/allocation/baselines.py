@@ -1,4 +1,4 @@
-"""Baseline allocations (SPEC section 5), producing the same plan format as the planner.
+"""Baseline allocations (docs/theory.md section 5), producing the same plan format as the planner.
 
 ``uniform``       the same density in every prunable layer;
 ``uniform-plus``  Gale et al. 2019: the first convolution dense, the last layer at least 20%;

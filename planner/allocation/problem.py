@@ -2,7 +2,7 @@
 
 A backend never sees a network or torch: it sees, per decision layer (a hidden ReLU layer of
 the bound chain, in order), the candidate keep-counts with their rank distributions, and the
-linear budgets over those candidates (SPEC section 4). Everything that is fixed (frozen layers,
+linear budgets over those candidates (docs/theory.md section 3). Everything that is fixed (frozen layers,
 layers outside the bound) has already been taken out of the budgets.
 """
 

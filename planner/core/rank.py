@@ -1,4 +1,4 @@
-"""Rank distributions P(k | rows, cols, p) of randomly pruned weight matrices (SPEC section 3).
+"""Rank distributions P(k | rows, cols, p) of randomly pruned weight matrices (docs/theory.md section 2).
 
 Every entry of a rows x cols matrix is kept independently with probability p and has a generic
 (e.g. Gaussian) value. Four estimators sit behind :func:`rank_distribution`:

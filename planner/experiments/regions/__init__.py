@@ -1,4 +1,4 @@
-"""Count the linear regions of a ReLU MLP on an input subspace (SPEC section 7).
+"""Count the linear regions of a ReLU MLP on an input subspace (docs/theory.md section 6).
 
 The domain is the convex hull of S+1 points p_0..p_S,
 
@@ -20,7 +20,7 @@ Two methods:
     Regions are convex, so a segment meets each region in one piece: the number of pieces of
     positive length is the number of distinct patterns.
 
-``milp`` (any S): the mixed-integer program of SPEC section 7. Variables alpha (continuous),
+``milp`` (any S): the mixed-integer program of docs/theory.md section 6. Variables alpha (continuous),
     per unstable hidden unit a binary z and h >= 0 with the exact big-M ReLU links
     (z = 1 -> h = g; z = 0 -> h = 0, g <= 0), and a margin f with z = 1 -> f <= g / s and
     z = 0 -> f <= -g / s, where s is the unit's largest |g| over the hull (so f is a

@@ -220,8 +220,11 @@ def compare(
     threads: int | None = 1,
     data: tuple | None = None,
 ) -> Comparison:
-    """Run the experiment; see :func:`run_compare`. ``data`` (X_train, y_train, X_test, y_test)
-    replaces loading ``dataset``. ``threads`` is torch's intra-op thread count during the run
+    """Train, prune by every strategy at every density, fine-tune, measure: one row per
+    (strategy, density, seed) with ``accuracy``, ``log2_bound``, realized per-layer
+    ``densities``, ``per_class_recall`` and ``kept``. ``seeds`` is a count N (seeds 0..N-1) or a
+    list; :func:`planner.experiments.report.write_outputs` writes the files of ``--out``.
+    ``data`` (X_train, y_train, X_test, y_test) replaces loading ``dataset``. ``threads`` is torch's intra-op thread count during the run
     (restored afterwards; ``None`` leaves it): the layers are so small that one thread is
     fastest, and on a busy machine two threads were measured 15x slower than one."""
     import torch
@@ -353,38 +356,3 @@ def _realized(model, plan) -> tuple[list[float], int]:
         if not layer.frozen:
             kept += count
     return densities, kept
-
-
-def run_compare(
-    dataset: str = "digits",
-    arch: str = "64,100,100,10",
-    densities: Sequence[float] = DEFAULT_DENSITIES,
-    strategies: str | Sequence[str] = DEFAULT_STRATEGIES,
-    seeds: int | Sequence[int] = 1,
-    epochs: int = 15,
-    finetune_epochs: int = 15,
-    lr: float = 0.01,
-    batch_size: int = 128,
-    data_dir=None,
-    rank_model: str = "sampled",
-    progress: bool = True,
-    *,
-    out_dir=None,
-    momentum: float = 0.0,
-    cache=None,
-    workers: int | None = None,
-    threads: int | None = 1,
-    data: tuple | None = None,
-) -> list[dict]:
-    """Train, prune by every strategy at every density, fine-tune, measure; one row per
-    (strategy, density, seed) with ``accuracy``, ``log2_bound``, realized per-layer
-    ``densities``, ``per_class_recall`` and ``kept``. ``seeds`` is a count N (seeds 0..N-1) or a
-    list. With ``out_dir``, writes results.csv, results.json and the plots there."""
-    result = compare(dataset, arch, densities, strategies, seeds, epochs=epochs, finetune_epochs=finetune_epochs,
-                     lr=lr, batch_size=batch_size, momentum=momentum, data_dir=data_dir, rank_model=rank_model,
-                     progress=progress, cache=cache, workers=workers, threads=threads, data=data)
-    if out_dir is not None:
-        from planner.experiments.report import write_outputs
-
-        write_outputs(result, out_dir)
-    return result.rows

@@ -53,3 +53,11 @@ class CheckpointError(PlannerError):
 
 class PlanMismatchError(PlannerError):
     """A plan does not fit the model it is applied to."""
+
+
+class OutputError(PlannerError):
+    """An output path cannot be written (missing directory, read-only, not a file, disk full)."""
+
+
+class LimitError(PlannerError, ValueError):
+    """A size or value is beyond what the planner supports (the message names the limit)."""

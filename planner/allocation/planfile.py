@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from importlib import resources
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,92 +127,75 @@ class Plan:
             data = json.loads(text)
         except ValueError as exc:
             raise PlanFormatError(f"not a plan file: invalid JSON ({exc})") from None
+        except RecursionError:
+            raise PlanFormatError("not a plan file: JSON nested too deeply") from None
         return cls.from_dict(data)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Plan":
         try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
+            with open(path, "rb") as fh:
+                raw = fh.read()
         except OSError as exc:
             raise PlanFormatError(f"cannot read plan {path}: {exc.strerror}") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PlanFormatError(f"not a plan file: {path} is not UTF-8 text (byte {exc.start})") from None
         return cls.from_json(text)
 
     @classmethod
     def from_dict(cls, data: Any) -> "Plan":
+        """A plan from its JSON object, checked against ``plan.schema.json`` and for what a schema
+        cannot say (unique names, keep within the layer, density = keep / size)."""
         if not isinstance(data, dict):
             raise PlanFormatError("not a plan file: the top level must be a JSON object")
         fmt = data.get("format")
         if not isinstance(fmt, str) or not fmt.startswith(FORMAT_NAME + "/"):
             raise PlanFormatError(f"not a plan file: 'format' must be '{FORMAT}', got {fmt!r}")
-        try:
-            version = int(fmt.split("/", 1)[1])
-        except ValueError:
-            raise PlanFormatError(f"not a plan file: bad format version in {fmt!r}") from None
-        if version > FORMAT_VERSION:
+        version = fmt.split("/", 1)[1]
+        if not version.isdigit() or int(version) < 1:
+            raise PlanFormatError(f"not a plan file: bad format version in {fmt!r} (versions start at 1)")
+        if int(version) > FORMAT_VERSION:
             raise PlanFormatError(
                 f"plan format {fmt} is newer than this sparsity-planner reads ({FORMAT}); upgrade it"
             )
-        layers_raw = _need(data, "layers", list)
-        if not layers_raw:
-            raise PlanFormatError("plan has no layers")
+        _check_schema(data)
         layers, names = [], set()
-        for i, raw in enumerate(layers_raw):
-            where = f"layers[{i}]"
-            if not isinstance(raw, dict):
-                raise PlanFormatError(f"{where} must be an object")
-            name = _need(raw, "name", str, where)
+        for i, raw in enumerate(data["layers"]):
+            name, rows, cols, keep = raw["name"], raw["rows"], raw["cols"], raw["keep"]
+            where = f"layers[{i}] ({name})"
             if name in names:
-                raise PlanFormatError(f"{where}: duplicate layer name {name!r}")
+                raise PlanFormatError(f"layers[{i}]: duplicate layer name {name!r}")
             names.add(name)
-            rows = _positive_int(raw, "rows", where)
-            cols = _positive_int(raw, "cols", where)
-            keep = _need(raw, "keep", int, where)
-            if not 0 <= keep <= rows * cols:
-                raise PlanFormatError(f"{where} ({name}): keep {keep} outside [0, {rows * cols}]")
-            if "density" in raw:
-                density = raw["density"]
-                if not isinstance(density, (int, float)) or abs(density - keep / (rows * cols)) > 1e-9:
-                    raise PlanFormatError(
-                        f"{where} ({name}): density {density!r} does not match keep/size = {keep / (rows * cols)!r}"
-                    )
-            frozen = raw.get("frozen", False)
-            in_bound = raw.get("in_bound", False)
-            if not isinstance(frozen, bool) or not isinstance(in_bound, bool):
-                raise PlanFormatError(f"{where} ({name}): 'frozen' and 'in_bound' must be true or false")
-            er = raw.get("expected_rank")
-            if er is not None and not isinstance(er, (int, float)):
-                raise PlanFormatError(f"{where} ({name}): 'expected_rank' must be a number")
-            layers.append(PlanLayer(name, rows, cols, keep, frozen, in_bound, er))
-        architecture = _need(data, "architecture", dict)
-        target = _need(data, "target", dict)
-        strategy = _need(data, "strategy", str)
-        objective = data.get("objective", {})
-        solver = data.get("solver", {})
-        if not isinstance(objective, dict) or not isinstance(solver, dict):
-            raise PlanFormatError("'objective' and 'solver' must be objects")
-        seed = data.get("seed", 0)
-        input_dim = data.get("input_dim")
-        if not isinstance(seed, int) or (input_dim is not None and not isinstance(input_dim, int)):
-            raise PlanFormatError("'seed' and 'input_dim' must be integers")
-        return cls(architecture, strategy, target, layers, input_dim, objective, solver, seed)
+            if keep > rows * cols:
+                raise PlanFormatError(f"{where}: keep {keep} outside [0, {rows * cols}]")
+            if "density" in raw and abs(raw["density"] - keep / (rows * cols)) > 1e-9:
+                raise PlanFormatError(
+                    f"{where}: density {raw['density']!r} does not match keep/size = {keep / (rows * cols)!r}"
+                )
+            layers.append(PlanLayer(name, rows, cols, keep, raw.get("frozen", False), raw.get("in_bound", False),
+                                    raw.get("expected_rank")))
+        return cls(data["architecture"], data["strategy"], data["target"], layers, data.get("input_dim"),
+                   data.get("objective", {}), data.get("solver", {}), data.get("seed", 0))
 
 
-def _need(obj: dict, key: str, typ, where: str = "plan"):
-    if key not in obj:
-        raise PlanFormatError(f"{where}: missing '{key}'")
-    value = obj[key]
-    if typ is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, typ)
-    if not ok:
-        raise PlanFormatError(f"{where}: '{key}' must be {typ.__name__}, got {type(value).__name__}")
-    return value
+@functools.lru_cache(maxsize=1)
+def _validator():
+    """The plan schema's validator; JSON integers are Python ints (not 3.0, not true)."""
+    import jsonschema
+
+    schema = json.loads(resources.files("planner.allocation").joinpath("plan.schema.json").read_text("utf-8"))
+    base = jsonschema.Draft202012Validator
+    checker = base.TYPE_CHECKER.redefine(
+        "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool))
+    return jsonschema.validators.extend(base, type_checker=checker)(schema)
 
 
-def _positive_int(obj: dict, key: str, where: str) -> int:
-    value = _need(obj, key, int, where)
-    if value <= 0:
-        raise PlanFormatError(f"{where}: '{key}' must be positive, got {value}")
-    return value
+def _check_schema(data: dict) -> None:
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(_validator().iter_errors(data))
+    if error is not None:
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
+        raise PlanFormatError(f"not a valid plan file: {where or 'top level'}: {error.message}")

@@ -9,6 +9,7 @@ stderr and exit code 2.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -52,23 +53,63 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; bad input is one line on stderr and exit code 2, never a traceback."""
+    """Run the CLI. Every expected failure is one line on stderr and exit code 2, never a
+    traceback: bad options, library errors, unwritable or unreadable files, a full disk, memory.
+    Ctrl-C is "interrupted" and exit code 130; no partial output file is left either way."""
     try:
         rv = cli.main(args=argv, prog_name=PROG, standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo(f"{PROG}: aborted", err=True)
-        return 130
+        sys.stdout.flush()  # a full or closed stdout fails here, inside the handlers
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        return interrupted()
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:
-        click.echo(f"{PROG}: error: {exc.format_message()}", err=True)
-        return 2
+        return fail(exc.format_message())
     except PlannerError as exc:
-        click.echo(f"{PROG}: error: {exc}", err=True)
-        return 2
+        return fail(str(exc))
     except BrokenPipeError:
+        _silence_stdout()
         return 0
+    except OSError as exc:
+        from planner.fileio import describe_os_error
+
+        return fail(describe_os_error(exc))
+    except MemoryError:
+        return fail("out of memory: give smaller layers, a coarser --grid or fewer samples")
+    except RecursionError:
+        return fail("input nested too deeply")
     return rv if isinstance(rv, int) else 0
+
+
+def fail(message: str) -> int:
+    try:
+        click.echo(f"{PROG}: error: {message}", err=True)
+    except OSError:
+        pass
+    _silence_stdout()
+    return 2
+
+
+def interrupted() -> int:
+    try:
+        click.echo(f"{PROG}: interrupted", err=True)
+    except OSError:
+        pass
+    _silence_stdout()
+    return 130
+
+
+def _silence_stdout() -> None:
+    """After a failed write to stdout, point it at devnull so the interpreter's final flush does
+    not print a second error."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        try:
+            devnull = open(os.devnull, "w")
+            os.dup2(devnull.fileno(), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from planner.cli.common import check_output_dir, load_model, model_options, print_json, table, with_options
+from planner.cli.common import check_output, load_model, model_options, print_json, table, with_options
 from planner.pruning.masks import CRITERIA
 
 
@@ -34,7 +34,7 @@ def apply_command(model_spec, weights, input_shape, plan_path, criterion, calibr
 
     if model_spec is None:
         raise click.UsageError("give --model package.module:factory")
-    check_output_dir(output)
+    check_output(output)
     plan_obj = Plan.load(plan_path)
     model = load_model(model_spec, weights)
     calib = None

@@ -63,15 +63,12 @@ def load_model(model_spec, weights):
     return model
 
 
-def check_output_dir(output) -> None:
-    """Refuse early, before any work, an output whose directory does not exist."""
-    if output is None:
-        return
-    from pathlib import Path
+def check_output(output, what: str = "output") -> None:
+    """Refuse early, before any work, an output file that cannot be written."""
+    if output is not None:
+        from planner.fileio import check_writable_file
 
-    parent = Path(output).parent
-    if not parent.is_dir():
-        raise click.UsageError(f"cannot write {output}: directory {parent} does not exist")
+        check_writable_file(output, what)
 
 
 @contextmanager

@@ -10,7 +10,7 @@ import click
 
 from planner.allocation import STRATEGIES, TIE_BREAKS
 from planner.cli.common import (
-    check_output_dir,
+    check_output,
     load_model,
     make_cache,
     model_options,
@@ -86,7 +86,7 @@ def plan_command(arch, model_spec, weights, input_shape, strategy, prune_output,
         raise click.UsageError("--threads must be at least 1")
     if workers is not None and workers < 1:
         raise click.UsageError("--workers must be at least 1")
-    check_output_dir(output)
+    check_output(output)
     cache = make_cache(cache_dir, no_cache)
     if strategy != "lr-bound":
         from planner.allocation.baselines import baseline_plan

@@ -5,8 +5,8 @@ Imports torch; nothing else in the package imports this module at import time.
 
 from __future__ import annotations
 
-import importlib
 import os
+import re
 import sys
 from dataclasses import dataclass
 from typing import Sequence
@@ -15,36 +15,50 @@ from planner.allocation.request import WeightLayer
 from planner.errors import CheckpointError, ModelError
 
 
+#: ``package.module:attr.attr``: dotted identifiers on both sides, no relative or path-like names
+_SPEC = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def _user_code_error(what: str, exc: BaseException) -> ModelError:
+    if isinstance(exc, SystemExit):
+        return ModelError(f"{what} called sys.exit({exc.code!r})")
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return ModelError(f"{what} raised {type(exc).__name__}" + (f": {detail}" if detail else ""))
+
+
 def load_factory(spec: str):
-    """Call ``package.module:attr`` (the usual entry-point convention) and return its module.
+    """Resolve ``package.module:attr`` (the entry-point convention, by :func:`pkgutil.resolve_name`)
+    and return the ``nn.Module`` it is or that calling it returns.
 
     The working directory is importable, so ``examples.models:lenet5`` works from a checkout.
+    Whatever the user's code raises on import or call (``SystemExit`` included) becomes one
+    :class:`ModelError`.
     """
+    import pkgutil
+
     import torch.nn as nn
 
-    if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
-        raise ModelError(f"--model takes package.module:factory, got {spec!r}")
-    module_name, attr = spec.split(":")
+    if not isinstance(spec, str) or not _SPEC.fullmatch(spec):
+        raise ModelError(f"--model takes package.module:factory (dotted names, no paths), got {spec!r}")
+    module_name = spec.split(":")[0]
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ModelError(f"cannot import {module_name!r} for --model {spec}: {exc}") from None
-    try:
-        factory = module
-        for part in attr.split("."):
-            factory = getattr(factory, part)
-    except AttributeError:
-        raise ModelError(f"module {module_name!r} has no attribute {attr!r}") from None
+        factory = pkgutil.resolve_name(spec)
+    except ModuleNotFoundError as exc:
+        raise ModelError(f"cannot import {exc.name or module_name!r} for --model {spec}") from None
+    except AttributeError as exc:
+        raise ModelError(f"--model {spec}: {exc}") from None
+    except (Exception, SystemExit) as exc:  # the user's module failed while importing
+        raise _user_code_error(f"importing {module_name!r} for --model {spec}", exc) from None
     if isinstance(factory, nn.Module):
         return factory
     if not callable(factory):
         raise ModelError(f"{spec} is neither a callable nor an nn.Module")
     try:
         model = factory()
-    except Exception as exc:  # the user's code: report it in one line
-        raise ModelError(f"calling {spec}() failed: {type(exc).__name__}: {exc}") from None
+    except (Exception, SystemExit) as exc:  # the user's code: report it in one line
+        raise _user_code_error(f"calling {spec}()", exc) from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"{spec}() returned {type(model).__name__}, not an nn.Module")
     return model

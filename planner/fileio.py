@@ -41,7 +41,7 @@ def check_writable_dir(path: str | os.PathLike, what: str = "output directory") 
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"cannot create {what} {path}: {describe_os_error(exc)}") from None
+        raise OutputError(f"cannot create {what} {path}: {exc.strerror or exc}") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write {what} {path}: it is not writable")
     return path

@@ -60,3 +60,32 @@ class Solver:
         hint: Sequence[int] | None = None,
     ) -> SolveResult:
         raise NotImplementedError
+
+
+def run_interruptible(run, stop):
+    """``run()`` in a worker thread while the main thread waits, so Ctrl-C reaches Python at
+    once: it calls ``stop()`` (the backend's stop-search), waits for the worker to return, and
+    re-raises KeyboardInterrupt. Native solvers otherwise hold the signal until they finish, or
+    replace Python's handler for good (CP-SAT does)."""
+    import threading
+
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = run()
+        except BaseException as exc:  # handed to the main thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, name="solver", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.05)
+    except KeyboardInterrupt:
+        stop()
+        worker.join(10)
+        raise
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

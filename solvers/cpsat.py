@@ -6,7 +6,7 @@ import math
 
 from planner.allocation.problem import maxplus_tables
 
-from .base import SolveResult, SolveStatus, Solver
+from .base import SolveResult, SolveStatus, Solver, run_interruptible
 
 #: CP-SAT works over integers: every ln-value of the model (ln P, ln C(n, j)) is multiplied by
 #: this and rounded, here and nowhere else. 1e4 keeps the rounding error of one term below
@@ -81,12 +81,16 @@ class CpSatSolver(Solver):
                 for ci, xc in enumerate(x):
                     model.add_hint(xc, ci == c)
 
-        import time
-
         solver = cp_model.CpSolver()
         solver.parameters.num_workers = max(1, int(threads))
         solver.parameters.random_seed = int(seed)
-        deadline = None if time_limit is None else time.monotonic() + float(time_limit)
+        # Ctrl-C is ours (run_interruptible stops the search): CP-SAT's own handler would end the
+        # search as if it had finished and stay installed, killing the process at the next Ctrl-C
+        solver.parameters.catch_sigint_signal = False
+        # the limit is CP-SAT's deterministic time (work units of about a second each), not the
+        # wall clock: a plan cut short by it is the same plan on every machine and every run
+        budget = None if time_limit is None else float(time_limit)
+        limited = False
 
         class _Seen(cp_model.CpSolverSolutionCallback):
             """Keeps the solutions met on the way, with their objective: a free pool."""
@@ -102,13 +106,15 @@ class CpSatSolver(Solver):
         found: dict[tuple[int, ...], float] = {}
         first = None
         for _ in range(max(1, pool_size)):
-            if deadline is not None:  # the time limit covers the whole pool
-                left = deadline - time.monotonic()
-                if left <= 0 and first is not None:
+            if budget is not None:  # the limit covers the whole pool
+                if budget <= 0 and first is not None:
                     break
-                solver.parameters.max_time_in_seconds = max(left, 0.01)
+                solver.parameters.max_deterministic_time = max(budget, 0.01)
             seen = _Seen()
-            status = solver.solve(model, seen)
+            status = run_interruptible(lambda: solver.solve(model, seen), solver.stop_search)
+            if budget is not None:
+                budget -= solver.deterministic_time
+                limited = limited or (status != cp_model.OPTIMAL and budget <= 0)
             for value, c in seen.found:
                 found[c] = max(found.get(c, -math.inf), value)
             if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
@@ -134,12 +140,14 @@ class CpSatSolver(Solver):
         if status == cp_model.MODEL_INVALID:
             from planner.errors import SolverError
 
-            raise SolverError(f"cpsat: model invalid: {model.validate()}")
+            raise SolverError(f"cpsat: model invalid: {model.validate() or 'no reason given (a parameter out of range?)'}")
+        reached = f"time limit of {time_limit:g} reached" if limited else ""
         if choice is None:
-            return SolveResult(self.name, mapped, message=solver.status_name(status))
+            return SolveResult(self.name, mapped, message=reached or solver.status_name(status))
         # back in nats; a solution has two rounded terms per layer (its z and its j-term), so
         # this slack keeps the bound an upper bound on the unrounded model
         slack = len(choose) / OBJECTIVE_SCALE
         return SolveResult(
             self.name, mapped, choice, obj / OBJECTIVE_SCALE, bound / OBJECTIVE_SCALE + slack, pool=pool,
+            message=reached,
         )

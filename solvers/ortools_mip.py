@@ -13,7 +13,7 @@ import time
 from planner.errors import SolverError
 
 from ._maxplus_mip import BOUND_SLACK_PER_LAYER, MaxPlusMip
-from .base import SolveResult, SolveStatus, Solver
+from .base import SolveResult, SolveStatus, Solver, run_interruptible
 
 #: Backends of ``pywraplp.Solver.CreateSolver``, in order of preference.
 ENGINES = ("SCIP", "CBC")
@@ -130,7 +130,7 @@ class OrToolsMipSolver(Solver):
                 start = None  # only the first solve is hinted, as in cpsat.py
             if deadline is not None:
                 solver.SetTimeLimit(max(1, int(left * 1000)))
-            raw = solver.Solve(params)
+            raw = run_interruptible(lambda: solver.Solve(params), solver.InterruptSolve)
             mapped = mapped_of.get(raw, SolveStatus.UNKNOWN)
             choice, value, bound, message = None, None, None, f"{engine}: {_status_name(raw)}"
             if mapped in (SolveStatus.OPTIMAL, SolveStatus.FEASIBLE):

@@ -35,6 +35,7 @@ from planner.core.arch import Architecture
 from planner.core.bound import LN2, log_bound
 from planner.core.rank import RankCache, RankDistribution, prefetch, rank_distribution
 from planner.errors import InfeasibleError
+from planner.limits import DEFAULT_TIME_LIMIT, check_time_limit
 
 Progress = Callable[[str, int, int], None]
 
@@ -105,6 +106,7 @@ class Allocation:
     uniform_log2_bound: float | None
     certificate: float | None
     status: str
+    message: str = ""  # the backend's note, e.g. that its time limit was reached
 
 
 def allocate(target: Target, built: Built, *, cache: RankCache | None = None,
@@ -114,7 +116,7 @@ def allocate(target: Target, built: Built, *, cache: RankCache | None = None,
     r, chain, problem = target.request, target.chain, built.problem
     scorer = Scorer(problem, built.cands, built.grid, r.rank_model, r.seed, cache, r.tie_break)
     result, certificate = solve(problem, solver=r.solver, uniform_choice=built.uniform_choice,
-                                time_limit=r.time_limit, threads=r.threads, seed=r.seed,
+                                time_limit=check_time_limit(r.time_limit), threads=r.threads, seed=r.seed,
                                 pool_size=r.pool_size, progress=progress)
     best = polish(problem, scorer, [result.choice, *result.pool], built.uniform_choice, progress)
     keeps = fill(problem, list(problem.keeps(best)), chain,
@@ -131,7 +133,8 @@ def allocate(target: Target, built: Built, *, cache: RankCache | None = None,
         uniform_bits, uniform_dists = bits_at(uniform_keeps)
         if plan_bits < uniform_bits - NOT_WORSE_EPS_BITS:  # never worse than uniform
             keeps, plan_bits, plan_dists = uniform_keeps, uniform_bits, uniform_dists
-    return Allocation(keeps, plan_bits, plan_dists, uniform_bits, certificate, str(result.status))
+    return Allocation(keeps, plan_bits, plan_dists, uniform_bits, certificate, str(result.status),
+                      result.message if result.status.value == "FEASIBLE" else "")
 
 
 def assemble(target: Target, alloc: Allocation) -> Plan:
@@ -164,7 +167,8 @@ def assemble(target: Target, alloc: Allocation) -> Plan:
     if r.budgets:
         plan_target["budgets"] = [{"name": e.name, "limit": int(e.limit)} for e in r.budgets]
     return Plan(r.architecture_info, "lr-bound", plan_target, plan_layers, target.input_dim, objective,
-                {"name": r.solver, "status": alloc.status}, r.seed)
+                {"name": r.solver, "status": alloc.status, **({"message": alloc.message} if alloc.message else {})},
+                r.seed)
 
 
 def run(request: PlanRequest, *, cache: RankCache | None = None, workers: int | None = None,
@@ -193,7 +197,7 @@ def plan(
     input_dim: int | None = None,
     max_flops: int | None = None,
     budgets: Sequence[ExtraBudget] = (),
-    time_limit: float | None = None,
+    time_limit: float | None = DEFAULT_TIME_LIMIT,
     threads: int = 1,
     seed: int = 0,
     tie_break: str = "robust",

@@ -19,7 +19,16 @@ from planner.allocation import TIE_BREAKS
 from planner.core.arch import Architecture
 from planner.core.bound import check_input_dim
 from planner.core.rank import RANK_MODELS, check_density
-from planner.errors import DensityError, InfeasibleError, PlannerError, ProblemError, RankModelError
+from planner.errors import DensityError, LimitError, InfeasibleError, PlannerError, ProblemError, RankModelError
+from planner.limits import (
+    DEFAULT_TIME_LIMIT,
+    MAX_GRID,
+    MAX_SEED,
+    MAX_THREADS,
+    MAX_WIDTH,
+    check_int,
+    check_time_limit,
+)
 
 DEFAULT_GRID = 32
 
@@ -107,7 +116,7 @@ class PlanRequest:
     grid: int = DEFAULT_GRID
     tie_break: str = "robust"
     solver: str = "cpsat"
-    time_limit: float | None = None
+    time_limit: float | None = DEFAULT_TIME_LIMIT
     threads: int = 1
     pool_size: int = 1
     architecture_info: dict = field(default_factory=dict)
@@ -191,7 +200,15 @@ def validate(request: PlanRequest) -> Target:
         raise PlannerError(f"unknown tie-break {r.tie_break!r}; choose one of {', '.join(TIE_BREAKS)}")
     if isinstance(r.grid, bool) or not isinstance(r.grid, int) or r.grid < 1:
         raise ProblemError(f"grid size must be a positive integer, got {r.grid!r}")
+    check_int(r.grid, "grid size", 1, MAX_GRID)
+    check_int(r.seed, "seed", 0, MAX_SEED)
+    check_int(r.threads, "threads", 1, MAX_THREADS)
+    check_int(r.pool_size, "pool size", 1, 1_000)
+    check_time_limit(r.time_limit)
     layers = list(r.layers)
+    for w in layers:
+        if max(w.rows, w.cols) > MAX_WIDTH:
+            raise LimitError(f"layer {w.name} is {w.rows}x{w.cols}: sides above {MAX_WIDTH} are not supported")
     chain = [w for w in layers if w.in_bound]
     if not chain:
         raise ProblemError("no layer enters the bound: the network needs at least one hidden ReLU layer")
@@ -231,8 +248,14 @@ def validate(request: PlanRequest) -> Target:
         raise InfeasibleError(
             f"the minimum density {lo_d:g} needs {need} weights but the budget keeps {budget}"
         )
-    extras = r.extra_budgets()
+    # a limit at or above the cost of keeping every weight cannot bind: cap it there, which also
+    # keeps every coefficient the solvers see inside 64 bits whatever limit was asked for
+    extras = [ExtraBudget(e.name, e.cost, min(int(e.limit), sum(w.size * int(e.cost.get(w.name, 0)) for w in prunable)))
+              if isinstance(e.limit, (int, np.integer)) and not isinstance(e.limit, bool) else e
+              for e in r.extra_budgets()]
     for e in extras:
+        if isinstance(e.limit, bool) or not isinstance(e.limit, (int, np.integer)):
+            raise ProblemError(f"budget {e.name!r}: the limit must be an integer, got {e.limit!r}")
         if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 for v in e.cost.values()):
             raise ProblemError(f"budget {e.name!r}: costs must be non-negative integers per kept weight")
         floor_cost = sum(min_keep[w.name] * e.cost.get(w.name, 0) for w in prunable)

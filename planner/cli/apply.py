@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from planner.cli.common import check_output, load_model, model_options, print_json, table, with_options
+from planner.limits import MAX_SEED
 from planner.pruning.masks import CRITERIA
 
 
@@ -16,7 +17,7 @@ from planner.pruning.masks import CRITERIA
 @click.option("--calibration", type=click.Path(dir_okay=False), default=None,
               help=".npy batch of model inputs (elimination-compensation).")
 @click.option("--rescale", is_flag=True, help="Multiply surviving weights by 1/sqrt(density).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of --criterion random.")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True, help="Seed of --criterion random.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Where to write the pruned, finalized state dict.")
 @click.option("--json", "as_json", is_flag=True, help="Print the realized densities as JSON.")

@@ -7,14 +7,13 @@ every command module to list it.
 from __future__ import annotations
 
 import json
-import sys
-from contextlib import contextmanager
 
 import click
 
 from planner.errors import DensityError
 
 from planner.core import RANK_MODELS
+from planner.limits import MAX_SEED, check_time_limit
 
 
 def parse_densities(text: str, what: str = "--density") -> list[float]:
@@ -47,11 +46,42 @@ def make_cache(cache_dir, no_cache):
     """The rank cache the options ask for: none on disk, a directory, or the process default."""
     from planner.core.rank import RankCache
 
+    if no_cache and cache_dir is not None:
+        raise click.UsageError("--no-cache and --cache-dir contradict each other: give one")
     if no_cache:
         return RankCache(disk=False)
     if cache_dir is None:
         return None  # the process-wide default
     return RankCache(cache_dir)
+
+
+class TimeLimit(click.ParamType):
+    """Seconds > 0, or ``inf`` for no limit; NaN and non-positive values are refused."""
+
+    name = "seconds"
+
+    def convert(self, value, param, ctx):
+        if value is None:
+            return None
+        from planner.errors import LimitError
+
+        try:
+            seconds = check_time_limit(value, param.opts[0] if param else "time limit")
+        except LimitError as exc:
+            self.fail(str(exc), param, ctx)
+        return seconds  # None: no limit
+
+
+class FiniteFloat(click.FloatRange):
+    """A FloatRange that also refuses NaN and infinities (click's range lets NaN through)."""
+
+    def convert(self, value, param, ctx):
+        import math
+
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{number!r} is not a finite number", param, ctx)
+        return number
 
 
 def load_model(model_spec, weights):
@@ -71,26 +101,11 @@ def check_output(output, what: str = "output") -> None:
         check_writable_file(output, what)
 
 
-@contextmanager
 def progress_bars(enabled: bool, label=None):
-    """Yields ``callback(key, done, total)`` that draws one bar per ``key`` on stderr when it is a
-    terminal (and ``None`` otherwise); ``label(key)`` names a bar (default: the key itself)."""
-    if not enabled or not sys.stderr.isatty():
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """The command's progress reporter on stderr (see :mod:`planner.progress`), or None."""
+    from planner.progress import reporter
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
-        tasks: dict = {}
-
-        def callback(key, done: int, total: int) -> None:
-            if key not in tasks:
-                tasks[key] = bar.add_task(str(key) if label is None else label(key), total=total)
-            bar.update(tasks[key], completed=done, total=max(total, done))
-
-        yield callback
+    return reporter(enabled, label=label)
 
 
 def print_json(obj) -> None:
@@ -123,7 +138,7 @@ rank_options = [
                  help="Estimator of each pruned layer's rank distribution."),
     click.option("--input-dim", type=int, default=None,
                  help="Dimension d0 of the input subspace (default: the input size)."),
-    click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+    click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
                  help="Seed of the sampled rank models."),
     click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
                  help="Rank-distribution cache (default: $SPARSITY_PLANNER_CACHE_DIR or the user cache)."),

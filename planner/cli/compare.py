@@ -8,7 +8,8 @@ import time
 
 import click
 
-from planner.cli.common import parse_densities
+from planner.cli.common import FiniteFloat, parse_densities
+from planner.limits import MAX_THREADS
 from planner.core import RANK_MODELS
 from planner.experiments import DATASETS, DEFAULT_DENSITIES, DEFAULT_STRATEGIES
 
@@ -33,20 +34,20 @@ def _parse_densities(text: str) -> list[float]:
 @click.option("--strategies", default=",".join(DEFAULT_STRATEGIES), show_default=True,
               help="Comma list of lr-bound, lr-bound:robust|robust-analytic|none, uniform, uniform-plus, erk, "
                    "global, lamp.")
-@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--seeds", type=click.IntRange(1, 1000), default=1, show_default=True,
               help="Number of seeds (seeds 0..N-1): each trains its own dense model.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Dense training epochs [default: 15, the paper's; 64 on digits].")
 @click.option("--finetune-epochs", type=click.IntRange(min=0), default=None,
               help="Fine-tuning epochs after pruning, masks held fixed [default: 15; 64 on digits].")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=None,
               help="SGD learning rate [default: 0.01, the paper's; 0.1 on digits].")
-@click.option("--momentum", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0, show_default=True,
+@click.option("--momentum", type=FiniteFloat(min=0, max=1, max_open=True), default=0.0, show_default=True,
               help="SGD momentum (the paper: plain SGD).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--rank-model", type=click.Choice(RANK_MODELS), default="sampled",
               show_default=True, help="Rank model of the plans' bounds.")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=1, show_default=True,
               help="torch threads (the layers are tiny: one is fastest).")
 @click.option("--out", "out_dir", type=click.Path(), default=None,
               help="Write results.csv, results.json, summary.md and the plots here.")
@@ -55,8 +56,6 @@ def _parse_densities(text: str) -> list[float]:
 def compare_command(dataset, data_dir, arch, densities, strategies, seeds, epochs, finetune_epochs, lr, momentum,
                     batch_size, rank_model, threads, out_dir, no_progress, as_json):
     """Train, prune by each strategy, fine-tune and compare test accuracy."""
-    from pathlib import Path
-
     from planner.experiments.compare import compare, parse_strategies
     from planner.experiments.report import markdown_table, verdict_table, write_outputs
 
@@ -69,8 +68,10 @@ def compare_command(dataset, data_dir, arch, densities, strategies, seeds, epoch
     lr = lr if lr is not None else (0.1 if digits else 0.01)
     dens = _parse_densities(densities)
     strats = parse_strategies(strategies)
-    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
-        raise click.UsageError(f"--out {out_dir} exists and is not a directory")
+    if out_dir is not None:  # before the training, not after it
+        from planner.fileio import check_writable_dir
+
+        check_writable_dir(out_dir, "--out directory")
     started = time.perf_counter()
     result = compare(dataset, arch, dens, strats, seeds, epochs=epochs, finetune_epochs=finetune_epochs, lr=lr,
                      momentum=momentum, batch_size=batch_size, data_dir=data_dir, rank_model=rank_model,

@@ -8,6 +8,8 @@ import json
 import click
 
 from planner.experiments.regions import METHODS, SOLVERS, RegionsError
+from planner.cli.common import FiniteFloat, TimeLimit
+from planner.limits import MAX_REGION_SAMPLES, MAX_SEED
 
 
 def load_points(path: str):
@@ -43,13 +45,13 @@ def load_points(path: str):
                    "auto: walk for 2 points, milp otherwise.")
 @click.option("--solver", type=click.Choice(SOLVERS), default="mip", show_default=True,
               help="MILP backend: mip (SCIP) or cbc, both through OR-Tools.")
-@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--time-limit", type=TimeLimit(), default=None,
               help="Seconds the MILP enumeration may take; the count is then a lower bound.")
-@click.option("--eps", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=1e-6,
+@click.option("--eps", type=FiniteFloat(min=0, max=1, min_open=True, max_open=True), default=1e-6,
               show_default=True, help="Relative margin a region must admit to be counted (MILP).")
-@click.option("--samples", type=click.IntRange(min=0), default=None,
+@click.option("--samples", type=click.IntRange(0, MAX_REGION_SAMPLES), default=None,
               help="Random points that seed the MILP enumeration (default 5000*S; 0: none).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
               help="Seed of the random points (the count does not depend on it when complete).")
 @click.option("--patterns", "with_patterns", is_flag=True, help="Add the activation patterns to --json.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from planner.cli.common import check_output
+
 from planner.pruning.export import FORMATS
 
 
@@ -18,6 +20,12 @@ def export_command(plan_path, fmt, output):
     from planner.fileio import atomic_write_text
     from planner.allocation.planfile import Plan
 
+    if output is not None:
+        import os
+
+        check_output(output)
+        if os.path.exists(output) and os.path.exists(plan_path) and os.path.samefile(output, plan_path):
+            raise click.UsageError(f"-o {output} is the plan file itself: write the export elsewhere")
     text = export_plan(Plan.load(plan_path), fmt)
     if output is None:
         click.echo(text, nl=False)

@@ -9,7 +9,10 @@ from __future__ import annotations
 import click
 
 from planner.allocation import STRATEGIES, TIE_BREAKS
+from planner.limits import DEFAULT_TIME_LIMIT, MAX_GRID, MAX_THREADS
 from planner.cli.common import (
+    FiniteFloat,
+    TimeLimit,
     check_output,
     load_model,
     make_cache,
@@ -33,22 +36,25 @@ LR_BOUND_ONLY = ("min_density", "max_density", "max_flops")
 @with_options(model_options)
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="lr-bound", show_default=True,
               help="lr-bound maximizes the bound; the others are baselines (global and lamp need --model).")
-@click.option("--density", type=float, default=None, help="Global density: kept fraction of the prunable weights.")
+@click.option("--density", type=FiniteFloat(), default=None, help="Global density: kept fraction of the prunable weights.")
 @click.option("--keep", type=int, default=None, help="Kept weights (instead of --density).")
 @click.option("--solver", default="cpsat", show_default=True, help="cpsat, ortools-mip, pulp or exact.")
 @with_options(rank_options)
-@click.option("--grid", type=int, default=32, show_default=True, help="Candidate keep-counts per layer.")
-@click.option("--min-density", type=float, default=None, help="Lowest density any prunable layer may get.")
-@click.option("--max-density", type=float, default=None, help="Highest density any prunable layer may get.")
+@click.option("--grid", type=click.IntRange(1, MAX_GRID), default=32, show_default=True,
+              help="Candidate keep-counts per layer.")
+@click.option("--min-density", type=FiniteFloat(), default=None, help="Lowest density any prunable layer may get.")
+@click.option("--max-density", type=FiniteFloat(), default=None, help="Highest density any prunable layer may get.")
 @click.option("--prune-output", is_flag=True, help="Prune the output layer too (at the global density).")
 @click.option("--max-flops", type=click.IntRange(min=1), default=None,
               help="Cap on multiply-accumulates per sample of the prunable layers (conv: per output position).")
 @click.option("--tie-break", type=click.Choice(TIE_BREAKS), default="robust", show_default=True,
               help="How plans with equal bounds are ordered.")
-@click.option("--time-limit", type=float, default=None, help="Seconds the integer program may take.")
-@click.option("--threads", type=int, default=1, show_default=True,
+@click.option("--time-limit", type=TimeLimit(), default=DEFAULT_TIME_LIMIT, show_default=True,
+              help="Budget of the integer program: CP-SAT's deterministic time (reproducible, about "
+                   "seconds), wall seconds for the other solvers; inf lifts it.")
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=1, show_default=True,
               help="Solver threads (1 is deterministic; more may be faster).")
-@click.option("--workers", type=int, default=None,
+@click.option("--workers", type=click.IntRange(1, MAX_THREADS), default=None,
               help="Processes sampling rank distributions (default: every core; same result for any count).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the plan file here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan file to stdout instead of a table.")
@@ -80,12 +86,6 @@ def plan_command(arch, model_spec, weights, input_shape, strategy, prune_output,
         weight_arrays, kernel_shapes = model_weights(model, layers)
     if (o["density"] is None) == (o["keep"] is None):
         raise click.UsageError("give exactly one of --density and --keep")
-    if o["time_limit"] is not None and o["time_limit"] <= 0:
-        raise click.UsageError("--time-limit must be positive")
-    if o["threads"] < 1:
-        raise click.UsageError("--threads must be at least 1")
-    if workers is not None and workers < 1:
-        raise click.UsageError("--workers must be at least 1")
     check_output(output)
     cache = make_cache(cache_dir, no_cache)
     if strategy != "lr-bound":
@@ -143,4 +143,5 @@ def print_plan(result) -> None:
         click.echo(f"certificate         no plan on the grid exceeds {obj['certificate_log2_upper']:.4f} "
                    f"(gap {obj['certificate_gap_bits']:.2f} bits)")
     if result.solver:
-        click.echo(f"solver              {result.solver.get('name')} ({result.solver.get('status')})")
+        note = f"; {result.solver['message']}" if result.solver.get("message") else ""
+        click.echo(f"solver              {result.solver.get('name')} ({result.solver.get('status')}{note})")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.errors import ArchitectureError
+from planner.errors import ArchitectureError, LimitError
+from planner.limits import MAX_HIDDEN_LAYERS, MAX_WIDTH
 
 #: Named architectures from the paper, usable wherever ``--arch`` takes a list.
 PRESETS: dict[str, tuple[int, ...]] = {
@@ -33,6 +34,10 @@ class Architecture:
         for s in sizes:
             if isinstance(s, bool) or not isinstance(s, int) or s <= 0:
                 raise ArchitectureError(f"layer sizes must be positive integers, got {s!r}")
+        if max(sizes) > MAX_WIDTH:
+            raise LimitError(f"layer sizes above {MAX_WIDTH} are not supported, got {max(sizes)}")
+        if len(self.hidden) > MAX_HIDDEN_LAYERS:
+            raise LimitError(f"at most {MAX_HIDDEN_LAYERS} hidden layers are supported, got {len(self.hidden)}")
         if len(self.hidden) < 1:
             raise ArchitectureError(
                 "an architecture needs at least one hidden layer: input,hidden...,output "

@@ -27,7 +27,8 @@ from typing import Callable
 
 import numpy as np
 
-from planner.errors import DensityError, RankModelError
+from planner.errors import DensityError, LimitError, RankModelError
+from planner.limits import MAX_WIDTH
 
 from planner.core import RANK_MODELS
 DEFAULT_RANK_MODEL = "sampled"
@@ -111,6 +112,8 @@ def check_shape(rows: int, cols: int) -> None:
     for s in (rows, cols):
         if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s <= 0:
             raise RankModelError(f"matrix sides must be positive integers, got {rows!r} x {cols!r}")
+        if s > MAX_WIDTH:
+            raise LimitError(f"matrix sides above {MAX_WIDTH} are not supported, got {rows} x {cols}")
 
 
 # ---------------------------------------------------------------------------------- samplers
@@ -438,13 +441,31 @@ def prefetch(
         workers = os.cpu_count() or 1
     if len(missing) < 4 or workers <= 1:
         return  # rank_distribution computes them on demand
-    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
 
     done = 0
-    with ProcessPoolExecutor(max_workers=min(workers, len(missing))) as pool:
-        futures = [pool.submit(_sample_counts, method, short, long, p, int(seed)) for _, short, long, p in missing]
-        for (key, short, long, p), fut in zip(missing, futures):
-            _remember(cache, key, short, long, p, method, *fut.result())
+    # workers ignore Ctrl-C; the parent stops them (terminate) and re-raises, so an interrupt
+    # ends the whole job at once instead of after the queue drains
+    pool = multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(
+        min(workers, len(missing)), initializer=_ignore_sigint)
+    try:
+        pending = [pool.apply_async(_sample_counts, (method, short, long, p, int(seed)))
+                   for _, short, long, p in missing]
+        for (key, short, long, p), result in zip(missing, pending):
+            _remember(cache, key, short, long, p, method, *result.get())
             done += 1
             if progress is not None:
                 progress(done, len(missing))
+    except BaseException:
+        pool.terminate()
+        raise
+    else:
+        pool.close()
+    finally:
+        pool.join()
+
+
+def _ignore_sigint() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -24,7 +24,6 @@ import copy
 import json
 import math
 import numbers
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -132,44 +131,42 @@ def strategy_plan(strategy: str, arch, density: float, *, seed: int, rank_model:
 
 
 class _Progress:
-    """Rich bars on stderr when it is a terminal; otherwise one line per seed; or nothing."""
+    """The experiment's progress: a bar of runs and one of the current run's epochs on a terminal,
+    one line per seed otherwise (:mod:`planner.progress`), or nothing."""
 
     def __init__(self, enabled: bool, total_runs: int, n_seeds: int):
-        self.enabled, self.total_runs, self.n_seeds = enabled, total_runs, n_seeds
-        self.tty = enabled and sys.stderr.isatty()
-        self._bar = None
+        from planner.progress import reporter
+
+        self.total_runs, self.runs, self.epochs = total_runs, 0, 1
+        self._context = reporter(enabled, prefix="compare", interval=float("inf"), quiet_for=float("inf"))
+        self._rep = None
 
     def __enter__(self):
-        if self.tty:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=Console(stderr=True), transient=True)
-            self._bar.__enter__()
-            self._runs = self._bar.add_task("runs", total=self.total_runs)
-            self._epochs = self._bar.add_task("epochs", total=1)
+        self._rep = self._context.__enter__()
+        if self._rep is not None:
+            self._rep.update("runs", 0, self.total_runs)
         return self
 
     def __exit__(self, *exc):
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
+        return self._context.__exit__(*exc)
 
     def start(self, label: str, epochs: int) -> None:
-        if self._bar is not None:
-            self._bar.update(self._epochs, description=label, completed=0, total=max(epochs, 1))
+        self.epochs = max(epochs, 1)
+        if self._rep is not None:
+            self._rep.update("epochs", 0, self.epochs, description=label)
 
     def epoch(self, done: int) -> None:
-        if self._bar is not None:
-            self._bar.update(self._epochs, completed=done)
+        if self._rep is not None:
+            self._rep.update("epochs", done, self.epochs)
 
     def run_done(self) -> None:
-        if self._bar is not None:
-            self._bar.advance(self._runs)
+        self.runs += 1
+        if self._rep is not None:
+            self._rep.update("runs", self.runs, self.total_runs)
 
     def line(self, text: str) -> None:
-        if self.enabled and not self.tty:
-            print(f"compare: {text}", file=sys.stderr, flush=True)
+        if self._rep is not None:
+            self._rep.line(text)
 
 
 # ------------------------------------------------------------------------------ the experiment

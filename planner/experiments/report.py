@@ -18,7 +18,7 @@ def _mean_se(values: Sequence[float]) -> tuple[float, float]:
     a = np.asarray(values, dtype=np.float64)
     if a.size == 0:
         return float("nan"), float("nan")
-    se = float(a.std(ddof=1) / math.sqrt(a.size)) if a.size > 1 else 0.0
+    se = float(a.std(ddof=1) / math.sqrt(a.size)) if a.size > 1 else float("nan")  # one value: unknown
     return float(a.mean()), se
 
 
@@ -44,7 +44,7 @@ def paired_differences(rows: Sequence[dict], reference: str = REFERENCE) -> list
     """For every other strategy and density: the mean over seeds of accuracy(reference) -
     accuracy(other) on the same seed (same dense model, same fine-tuning batches), its standard
     error, and a verdict: ``win``/``loss`` when the mean difference exceeds one standard error,
-    ``tie`` otherwise."""
+    ``tie`` otherwise, ``n/a`` with a single seed (its standard error is NaN)."""
     acc = {(r["strategy"], r["density"], r["seed"]): r["accuracy"] for r in rows}
     strategies = list(dict.fromkeys(r["strategy"] for r in rows))
     densities = list(dict.fromkeys(r["density"] for r in rows))
@@ -61,10 +61,18 @@ def paired_differences(rows: Sequence[dict], reference: str = REFERENCE) -> list
                 continue
             diffs = [acc[(reference, d, s)] - acc[(other, d, s)] for s in seeds]
             mean, se = _mean_se(diffs)
-            verdict = "tie" if abs(mean) <= se or (se == 0 and mean == 0) else ("win" if mean > 0 else "loss")
+            if len(seeds) < 2:  # no standard error from one seed: no verdict either
+                verdict = "n/a"
+            else:
+                verdict = "tie" if abs(mean) <= se or (se == 0 and mean == 0) else ("win" if mean > 0 else "loss")
             out.append({"reference": reference, "other": other, "density": d, "n": len(seeds),
                         "difference_mean": mean, "difference_se": se, "verdict": verdict})
     return out
+
+
+def _pts(se: float) -> str:
+    """A standard error in points, or n/a when there is none (a single seed)."""
+    return "n/a" if math.isnan(se) else f"{100 * se:.2f}"
 
 
 def markdown_table(rows: Sequence[dict], dense: Sequence[dict] = ()) -> str:
@@ -80,10 +88,10 @@ def markdown_table(rows: Sequence[dict], dense: Sequence[dict] = ()) -> str:
     for st in strategies:
         vals = [cell.get((st, d)) for d in densities]
         lines.append(f"| {st} | " + " | ".join(
-            "" if v is None else f"{100 * v['accuracy_mean']:.2f} ± {100 * v['accuracy_se']:.2f}" for v in vals) + " |")
+            "" if v is None else f"{100 * v['accuracy_mean']:.2f} ± {_pts(v['accuracy_se'])}" for v in vals) + " |")
     if dense:
         m, se = _mean_se([d["accuracy"] for d in dense])
-        lines += ["", f"Dense model: {100 * m:.2f} ± {100 * se:.2f} % ({len(dense)} seeds)."]
+        lines += ["", f"Dense model: {100 * m:.2f} ± {_pts(se)} % ({len(dense)} seeds)."]
     lines += ["", "Expected log2 bound on linear regions, mean over seeds:", "", head, rule]
     for st in strategies:
         vals = [cell.get((st, d)) for d in densities]
@@ -100,7 +108,7 @@ def verdict_table(rows: Sequence[dict], reference: str = REFERENCE) -> str:
     others = list(dict.fromkeys(d["other"] for d in diffs))
     densities = list(dict.fromkeys(d["density"] for d in diffs))
     cell = {(d["other"], d["density"]): d for d in diffs}
-    mark = {"win": "**win**", "tie": "tie", "loss": "*loss*"}
+    mark = {"win": "**win**", "tie": "tie", "loss": "*loss*", "n/a": "(one seed: no verdict)"}
     lines = [f"{reference} minus each other strategy, accuracy points, paired by seed (mean ± SE; win/loss "
              f"when |mean| > 1 SE):", "",
              "| vs | " + " | ".join(f"{d:g}" for d in densities) + " |",
@@ -108,7 +116,7 @@ def verdict_table(rows: Sequence[dict], reference: str = REFERENCE) -> str:
     for o in others:
         vals = [cell.get((o, d)) for d in densities]
         lines.append(f"| {o} | " + " | ".join(
-            "" if v is None else f"{100 * v['difference_mean']:+.2f} ± {100 * v['difference_se']:.2f} "
+            "" if v is None else f"{100 * v['difference_mean']:+.2f} ± {_pts(v['difference_se'])} "
                                  f"{mark[v['verdict']]}" for v in vals) + " |")
     return "\n".join(lines) + "\n"
 
@@ -151,7 +159,7 @@ def plot_accuracy(ax, rows, dense=(), title=None) -> None:
     for st, off in zip(strategies, _offsets(len(strategies))):
         pts = sorted((s for s in summary if s["strategy"] == st), key=lambda s: s["density"])
         ax.errorbar([s["density"] * off for s in pts], [100 * s["accuracy_mean"] for s in pts],
-                    yerr=[100 * s["accuracy_se"] for s in pts], marker="o", ms=4, capsize=3, label=st,
+                    yerr=[0.0 if math.isnan(s["accuracy_se"]) else 100 * s["accuracy_se"] for s in pts], marker="o", ms=4, capsize=3, label=st,
                     **_style(st))
     if dense:
         m, _ = _mean_se([d["accuracy"] for d in dense])

@@ -80,8 +80,11 @@ def load_state_dict(path: str | os.PathLike) -> dict:
         raise CheckpointError(
             f"refused checkpoint {path}: it cannot be loaded with weights_only=True ({first})"
         ) from None
-    except (EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+    except EOFError:
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is empty or cut short") from None
+    except (OSError, ValueError) as exc:
+        reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc).strip() or type(exc).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -212,9 +215,15 @@ def model_layers(model, input_shape: Sequence[int] | None = None, *, prune_outpu
 
 def model_weights(model, layers: Sequence[WeightLayer]) -> tuple[dict, dict]:
     """({name: weight as a numpy array}, {name: weight shape}) for the given layers."""
+    import torch
+
     weights, shapes = {}, {}
     for w in layers:
         tensor = model.get_submodule(w.name).weight.detach().cpu()
+        if not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ModelError(f"layer {w.name} has {bad} non-finite weight(s) (nan or inf): "
+                             "magnitudes cannot rank them")
         weights[w.name] = tensor.numpy()
         shapes[w.name] = tuple(tensor.shape)
     return weights, shapes

@@ -7,6 +7,7 @@ import numpy as np
 
 from planner.experiments.regions import RegionsError
 from planner.experiments.regions.net import _SubNet
+from solvers.base import run_interruptible
 
 
 # ----------------------------------------------------------------------------------------- MILP
@@ -150,7 +151,7 @@ class _Milp:
             return "infeasible", None, None
         if seconds is not None:
             self.solver.SetTimeLimit(max(1, int(seconds * 1000)))
-        status = self.solver.Solve()
+        status = run_interruptible(self.solver.Solve, self.solver.InterruptSolve)
         if status in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE):
             values = {u: var.solution_value() > 0.5 for u, var in self.z_vars}
             alpha = np.array([v.solution_value() for v in self.alpha])

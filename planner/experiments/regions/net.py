@@ -125,6 +125,10 @@ def relu_net(model, check_points: np.ndarray | None = None, *, seed: int = 0) ->
 def _checked_net(model, names, modules, check_points, seed) -> ReluNet:
     import torch
 
+    for name, module in zip(names, modules):
+        for what, tensor in (("weight", module.weight), ("bias", module.bias)):
+            if tensor is not None and not bool(torch.isfinite(tensor).all()):
+                raise RegionsError(f"layer {name} has non-finite {what} values (nan or inf)")
     n0 = modules[0].in_features
     param = next(iter(modules[0].parameters()))
     rng = np.random.default_rng(seed)
@@ -212,6 +216,8 @@ def check_points(points, input_size: int) -> np.ndarray:
     if arr.ndim == 1:
         raise RegionsError(f"points must be an array of shape (S+1, {input_size}) (one point per row), "
                            f"got shape {arr.shape}")
+    if arr.shape[0] < 2:
+        raise RegionsError(f"need at least two points (S+1 >= 2) to span a subspace, got {arr.shape[0]}")
     arr = arr.reshape(arr.shape[0], -1)
     if arr.shape[1] != input_size:
         raise RegionsError(f"points have width {arr.shape[1]} but the model takes {input_size} inputs")

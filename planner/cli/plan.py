@@ -50,8 +50,7 @@ LR_BOUND_ONLY = ("min_density", "max_density", "max_flops")
 @click.option("--tie-break", type=click.Choice(TIE_BREAKS), default="robust", show_default=True,
               help="How plans with equal bounds are ordered.")
 @click.option("--time-limit", type=TimeLimit(), default=DEFAULT_TIME_LIMIT, show_default=True,
-              help="Budget of the integer program: CP-SAT's deterministic time (reproducible, about "
-                   "seconds), wall seconds for the other solvers; inf lifts it.")
+              help="Wall-clock seconds the integer program may take; inf lifts the limit.")
 @click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=1, show_default=True,
               help="Solver threads (1 is deterministic; more may be faster).")
 @click.option("--workers", type=click.IntRange(1, MAX_THREADS), default=None,

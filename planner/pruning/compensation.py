@@ -9,7 +9,12 @@ squared output error averaged over the calibration batch is
 a quadratic in delta minimised at delta* = W_ij E[s_i a_j] / E[s_i] (the ``shift``), where it is
 W_ij^2 (E[s_i a_j^2] - E[s_i a_j]^2 / E[s_i]) (the ``importance``; >= 0 by Cauchy-Schwarz).
 
-Imports torch; only ``planner.apply`` imports this module, and only for that criterion.
+The importance selects which weights a layer keeps. The shifts applied to the biases are not
+these first-order ones, which are taken on the dense network and, applied to every layer at
+once, raised the output error on 64-48-32-10 MLPs: :func:`sequential_bias_correction` measures
+each layer's shift on the already pruned network and scales it so the error never rises.
+
+Imports torch; only ``planner.pruning.masks`` imports this module, and only for that criterion.
 """
 
 from __future__ import annotations
@@ -36,6 +41,21 @@ def _as_batch(calibration, dtype, device):
 
 def _module_modes(model):
     return [(m, m.training) for m in model.modules()]
+
+
+def _run(model, x, shape=None):
+    """``model(x)`` as (batch, outputs), with a one-line ModelError when the batch does not fit."""
+    import torch
+
+    try:
+        out = model(x)
+    except RuntimeError as exc:  # a shape mismatch deep inside the model
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"the calibration batch of shape {shape or tuple(x.shape)} does not fit the model: "
+                         f"{first}") from None
+    if not isinstance(out, torch.Tensor):
+        raise ModelError(f"the model returns {type(out).__name__}; compensation needs one tensor output")
+    return out.reshape(x.shape[0], -1)
 
 
 def compensation_statistics(model, names: list[str], calibration, *, chunk_size: int = DEFAULT_CHUNK_SIZE
@@ -77,6 +97,7 @@ def compensation_statistics(model, names: list[str], calibration, *, chunk_size:
     dtype = params[0].dtype if params else torch.float32
     device = params[0].device if params else torch.device("cpu")
     x_all = _as_batch(calibration, dtype, device)
+    _check_finite("the calibration batch", x_all)
     n_total = x_all.shape[0]
 
     sums = {name: {"s": torch.zeros(m.out_features, dtype=torch.float64, device=device),
@@ -113,10 +134,7 @@ def compensation_statistics(model, names: list[str], calibration, *, chunk_size:
             n = x.shape[0]
             captured.clear()
             with torch.enable_grad():
-                out = model(x)
-                if not isinstance(out, torch.Tensor):
-                    raise ModelError(f"the model returns {type(out).__name__}; compensation needs one tensor output")
-                out = out.reshape(n, -1)
+                out = _run(model, x, tuple(x_all.shape))
                 order = [name for name in linears if name in captured]
                 gs = [captured[name][1] for name in order]
                 s_chunk = {name: torch.zeros(n, linears[name].out_features, dtype=torch.float64, device=device)
@@ -171,5 +189,100 @@ def compensation_statistics(model, names: list[str], calibration, *, chunk_size:
                 # >= 0 in exact arithmetic (Cauchy-Schwarz); clamp the rounding.
                 importance = w64.square() * residual.clamp_min(0.0)
             result[name] = {"importance": importance.to(dtype=w.dtype, device=w.device),
-                            "shift": shift.to(dtype=w.dtype, device=w.device)}
+                            "shift": shift.to(dtype=w.dtype, device=w.device),
+                            "alive": (e_s > 0).to(device=w.device)}
     return result
+
+
+#: scales tried for each layer's bias shift; 0 (no shift) is always among them
+SHIFT_STEPS = (1.0, 0.5, 0.25, 0.0)
+
+
+def _check_finite(name: str, tensor) -> None:
+    import torch
+
+    if not bool(torch.isfinite(tensor).all()):
+        raise PlannerError(f"{name} holds non-finite values (nan or inf)")
+
+
+
+
+def sequential_bias_correction(model, masks: dict, calibration, alive: dict | None = None) -> tuple[dict, dict]:
+    """Bias shifts for the masked ``nn.Linear`` layers of ``masks`` ({name: bool mask}), chosen
+    so that the pruned model's output error on the calibration batch never exceeds that of the
+    same masks without them.
+
+    Layer by layer in forward order, on the network with every mask applied and the earlier
+    layers already corrected: the shift is the mean change of the layer's pre-activation
+    against the dense network (what the later layers were trained to see), scaled by the step
+    of :data:`SHIFT_STEPS` that gives the lowest mean squared output error against the dense
+    model; step 0 (no shift) is always allowed, so the error never rises. The model is left as
+    it came. ``alive`` ({name: bool per output row}, the ``alive`` of
+    :func:`compensation_statistics`) marks the neurons the output depends on; the others keep
+    their biases. Returns ``({name: shift}, {name: step})``.
+    """
+    import torch
+    from torch import nn
+
+    layers = {name: model.get_submodule(name) for name in masks}
+    layers = {n: m for n, m in layers.items() if isinstance(m, nn.Linear) and m.bias is not None}
+    if not layers:
+        return {}, {}
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    dtype = params[0].dtype if params else torch.float32
+    x = _as_batch(calibration, dtype, params[0].device if params else torch.device("cpu"))
+    _check_finite("the calibration batch", x)
+
+    seen: dict[str, torch.Tensor] = {}
+    order: list[str] = []
+
+    def make_hook(name):
+        def hook(module, inputs, output):
+            if name not in seen:
+                order.append(name)
+            seen[name] = output.detach().reshape(-1, output.shape[-1])
+        return hook
+
+    def error(out):
+        return float(((out - dense_out) ** 2).to(torch.float64).mean())
+
+    modes = _module_modes(model)
+    handles = [m.register_forward_hook(make_hook(n)) for n, m in layers.items()]
+    weights = {n: m.weight.detach().clone() for n, m in layers.items()}
+    biases = {n: m.bias.detach().clone() for n, m in layers.items()}
+    shifts, steps = {}, {}
+    try:
+        model.eval()
+        with torch.no_grad():
+            dense_out = _run(model, x)
+            dense_pre = {n: t.clone() for n, t in seen.items()}
+            for n, m in layers.items():
+                m.weight.mul_(masks[n].to(device=m.weight.device, dtype=m.weight.dtype))
+            current = error(_run(model, x))
+            for n in list(order):
+                module = layers[n]
+                delta = (dense_pre[n] - seen[n]).to(torch.float64).mean(dim=0).to(module.bias.dtype)
+                if alive is not None and n in alive:
+                    delta = torch.where(alive[n].to(delta.device), delta, torch.zeros_like(delta))
+                best_step, best = 0.0, current
+                for step in SHIFT_STEPS:
+                    if step == 0.0:
+                        continue
+                    module.bias.copy_(biases[n] + step * delta)
+                    trial = error(_run(model, x))
+                    if trial < best:
+                        best_step, best = step, trial
+                module.bias.copy_(biases[n] + best_step * delta)
+                current = best
+                _run(model, x)  # refresh the pre-activations the next layer sees
+                shifts[n], steps[n] = best_step * delta, best_step
+    finally:
+        for h in handles:
+            h.remove()
+        with torch.no_grad():
+            for n, m in layers.items():
+                m.weight.copy_(weights[n])
+                m.bias.copy_(biases[n])
+        for m, training in modes:
+            m.training = training
+    return shifts, steps

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from planner.errors import PlanMismatchError, PlannerError
+from planner.errors import ModelError, PlanMismatchError, PlannerError
 from planner.allocation.planfile import Plan
 
 CRITERIA = ("magnitude", "random", "elimination-compensation")
@@ -153,24 +153,32 @@ def apply_plan(model, plan: Plan, criterion: str = "magnitude", calibration=None
         raise PlannerError("--rescale scales the surviving weights after pruning, which undoes the bias "
                            "compensation; use it with magnitude or random pruning")
     pairs = _prunable_modules(model, plan)
+    for layer, module in pairs:
+        if not bool(torch.isfinite(module.weight).all()):
+            bad = int((~torch.isfinite(module.weight)).sum())
+            raise ModelError(f"layer {layer.name} has {bad} non-finite weight(s) (nan or inf): refusing to prune it")
     stats = _statistics(model, pairs, criterion, calibration)
     masks = compute_masks(model, plan, criterion, generator=generator, _stats=stats)
     report = ApplyReport()
+    shifts = {}
     if criterion == "elimination-compensation":
+        from planner.pruning.compensation import sequential_bias_correction
+
         skipped = [layer.name for layer, _ in pairs if layer.name not in stats]
         if skipped:
             report.notes.append(f"magnitude used for {', '.join(skipped)}: compensation is defined for Linear layers")
+        shifts, steps = sequential_bias_correction(model, {n: masks[n] for n in stats}, calibration,
+                                                   alive={n: stats[n]["alive"] for n in stats})
+        if steps:
+            report.notes.append("bias shift scale per layer (1: the full measured shift, 0: none): "
+                                + ", ".join(f"{n} {s:g}" for n, s in steps.items()))
     for layer, module in pairs:
         mask = masks[layer.name]
         crit = criterion
         with torch.no_grad():
-            if layer.name in stats:
-                shift_per_weight = stats[layer.name]["shift"].reshape(module.weight.shape)
-                # each removed weight's optimal bias shift, applied independently (first order)
-                shift = (shift_per_weight * ~mask).sum(dim=1)
-                if module.bias is not None:
-                    module.bias.add_(shift.to(module.bias.dtype))
-            elif criterion == "elimination-compensation":
+            if layer.name in shifts:
+                module.bias.add_(shifts[layer.name].to(module.bias.dtype))
+            elif criterion == "elimination-compensation" and layer.name not in stats:
                 crit = "magnitude"
             if rescale and 0 < layer.keep < layer.size:
                 module.weight.mul_(1.0 / math.sqrt(layer.keep / layer.size))

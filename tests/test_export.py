@@ -188,10 +188,12 @@ def test_sparseml_keys_group_layers_and_give_exact_counts(case):
             layer = layers[name]
             pruned = layer.size - layer.keep
             assert round(float(key) * layer.size) == pruned  # SparseML: round(numel * sparsity)
+            assert int(float(key) * layer.size) == pruned    # and a consumer that truncates
             assert abs(float(key) - (1 - layer.keep / layer.size)) <= 0.5 / layer.size
             decimals = len(key.split(".")[1])
-            exact_at_4 = round(round(pruned / layer.size, 4) * layer.size) == pruned
-            # 4 decimals when that is already exact, more only when needed
+            four = round(pruned / layer.size, 4)
+            exact_at_4 = 0 < four < 1 and round(four * layer.size) == pruned and int(four * layer.size) == pruned
+            # 4 decimals when that is already exact (rounded and truncated), more only when needed
             assert decimals <= 4 or not exact_at_4
 
 
@@ -334,8 +336,43 @@ def test_edge_densities():
     # 1/49 * 49 == 0.999..., which NNI's int() would turn into 0 pruned: the export nudges it
     assert int(1 / 49 * 49) == 0
     assert got["c.weight"] == pytest.approx(1 / 49, abs=1e-15) and int(got["c.weight"] * 49) == 1
-    assert sparseml_map(export_plan(plan, "sparseml"))["0.0"] == ["a.weight"]
-    assert "    init_sparsity: 0.0" in export_plan(plan, "sparseml").splitlines()
+
+    # SparseML accepts final sparsities in (0, 1) only: the dense layer is left out (and said
+    # so), the empty one gets the largest key below 1 that SparseML's round() takes to all 49.
+    text = export_plan(plan, "sparseml")
+    groups = {float(k): v for k, v in sparseml_map(text).items()}
+    assert sorted(n for v in groups.values() for n in v) == ["b.weight", "c.weight"]
+    [(b_key, _)] = [(k, v) for k, v in groups.items() if v == ["b.weight"]]
+    assert 0 < b_key < 1 and round(b_key * 49) == 49 and round(min(1.0, b_key + 0.01 / 49) * 49) == 49
+    assert all(0 < k < 1 for k in groups)
+    assert "# kept dense, so not listed (SparseML refuses a sparsity of 0): a" in text.splitlines()
+    [init] = [float(line.split(":")[1]) for line in text.splitlines() if line.startswith("    init_sparsity:")]
+    assert init == min(groups)  # ramps from at most the lowest final sparsity
+
+
+def test_sparseml_refuses_a_plan_that_prunes_nothing():
+    plan = Plan({}, "hand-made", {}, [PlanLayer("a", 7, 7, 49), PlanLayer("b", 1, 49, 49, frozen=True)])
+    with pytest.raises(PlanFormatError, match="prunes no layer"):
+        export_plan(plan, "sparseml")
+    assert exported_sparsities(plan, "nni") == {"a.weight": 0.0}  # the other formats can say "dense"
+
+
+@pytest.mark.parametrize("size", [49, 1000, 30000, 235200, 10**7 + 19])
+def test_sparseml_keys_are_exact_rounded_and_truncated_at_every_count(size):
+    """Brute force over counts (all of them for the small sizes, a strided sample plus the ends
+    for the large): the key is in (0, 1), and both round() (SparseML) and int() give the count,
+    except for a layer pruned whole, where only round() can (a key below 1 truncates down)."""
+    from planner.pruning.export import _sparsity_key
+
+    counts = range(1, size + 1) if size <= 1000 else sorted({*range(1, size + 1, max(1, size // 997)), size - 1, size})
+    for pruned in counts:
+        key = float(_sparsity_key(pruned, size))
+        assert 0 < key < 1, (pruned, size, key)
+        assert round(key * size) == pruned, (pruned, size, key)
+        if pruned < size:
+            assert int(key * size) == pruned, (pruned, size, key)
+    # the issue's case: 0.96267 * 235200 = 226419.98, one weight too few when truncated
+    assert int(0.96267 * 235200) == 226419 and int(float(_sparsity_key(226420, 235200)) * 235200) == 226420
 
 
 def test_output_is_deterministic(mlp_plan):

@@ -31,9 +31,12 @@ The formats, and how exactly each reproduces the plan's per-layer keep-counts:
     A SparseML recipe (YAML) with one ``!GMPruningModifier`` whose ``final_sparsity`` maps a
     sparsity to the parameter names to prune to it, and ``params: []`` (SparseML requires an
     empty ``params`` when ``final_sparsity`` is a map). SparseML masks
-    ``round(sparsity * numel)`` weights, so a layer's key is its sparsity rounded to 4 decimals
-    when that already gives its exact count, and written with as few more decimals as needed
-    otherwise; layers with the same key share one entry (in order of first appearance).
+    ``round(sparsity * numel)`` weights and accepts sparsities in (0, 1) only. A layer's key is
+    its sparsity with 4 decimals when that gives its exact count both rounded and truncated, and
+    with as few more decimals as needed otherwise; layers with the same key share one entry (in
+    order of first appearance). Dense layers are left out (they stay dense); a layer pruned whole
+    gets the largest key below 1 that rounds to all its weights. Checked against SparseML 1.8.0
+    by ``tests/test_sparseml.py``.
 ``torch-prune``
     A Python snippet that, given ``model``, calls
     ``torch.nn.utils.prune.l1_unstructured(module, name="weight", amount=size - keep)`` per
@@ -45,7 +48,7 @@ from __future__ import annotations
 
 import json
 import math
-from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal, localcontext
 
 from planner.errors import PlanFormatError
 from planner.allocation.planfile import Plan, PlanLayer
@@ -118,15 +121,29 @@ def _exact_fraction(pruned: int, size: int) -> float:
 
 
 def _sparsity_key(pruned: int, size: int) -> str:
-    """The decimal text of ``pruned / size``, rounded to 4 decimals when SparseML's
-    ``round(float(key) * size)`` still gives ``pruned``, else to as few more as needed."""
+    """The decimal text of a sparsity for ``pruned`` of ``size`` weights that SparseML accepts
+    and that gives the exact count: in (0, 1) (SparseML refuses 0 and 1), with
+    ``round(float(key) * size) == pruned`` (how SparseML counts) and, for a layer not pruned
+    whole, ``int(float(key) * size) == pruned`` as well, so a consumer that truncates agrees.
+    4 decimals when that is enough, else as few more as needed. A layer pruned whole (``pruned ==
+    size``) gets the largest such key below 1, which SparseML rounds up to every weight."""
+    if not 0 < pruned <= size:
+        raise PlanFormatError(f"no SparseML sparsity for {pruned} of {size} weights")  # pragma: no cover
     with localcontext() as ctx:
-        ctx.prec = 50
+        ctx.prec = 60
         exact = Decimal(pruned) / Decimal(size)
         for decimals in range(SPARSEML_KEY_DECIMALS, 40):
-            text = _decimal_text(exact.quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_EVEN))
-            if round(float(text) * size) == pruned:
-                return text
+            step = Decimal(1).scaleb(-decimals)
+            candidates = [exact.quantize(step, rounding=ROUND_HALF_EVEN), exact.quantize(step, rounding=ROUND_CEILING)]
+            if pruned == size:
+                candidates = [Decimal(1) - step]
+            for value in candidates:
+                text = _decimal_text(value)
+                f = float(text)
+                if not 0.0 < f < 1.0 or round(f * size) != pruned:
+                    continue
+                if pruned == size or int(f * size) == pruned:
+                    return text
     raise PlanFormatError(f"cannot write {pruned}/{size} as a SparseML sparsity")  # pragma: no cover
 
 
@@ -207,6 +224,13 @@ def _export_torch_ao(plan: Plan, layers: list[PlanLayer]) -> str:
 
 
 def _export_sparseml(plan: Plan, layers: list[PlanLayer]) -> str:
+    # SparseML's GMPruningModifier refuses a final_sparsity of 0: dense layers are left out,
+    # which leaves them dense.
+    dense = [layer.name for layer in layers if layer.keep == layer.size]
+    layers = [layer for layer in layers if layer.keep < layer.size]
+    if not layers:
+        raise PlanFormatError("the plan prunes no layer (every unfrozen layer is dense): a SparseML "
+                              "recipe needs a sparsity above 0, so there is nothing to export")
     groups: dict[str, list[str]] = {}
     for layer in layers:
         key = _sparsity_key(layer.size - layer.keep, layer.size)
@@ -220,23 +244,53 @@ def _export_sparseml(plan: Plan, layers: list[PlanLayer]) -> str:
         "# round(sparsity * numel) weights: each key gives its layers their exact count).",
         "# start_epoch, end_epoch and update_frequency are the documented sample schedule: fit them",
         "# to your training loop.",
-        "version: 1.1.0",
-        "",
-        "modifiers:",
-        "  - !GMPruningModifier",
-        f"    init_sparsity: {_decimal_text(Decimal(repr(init_sparsity)))}",
-        "    final_sparsity:",
     ]
-    for key, names in groups.items():
-        out.append(f"      {key}: [{', '.join(_quote(n) for n in names)}]")
-    out += [
-        f"    start_epoch: {SPARSEML_START_EPOCH!r}",
-        f"    end_epoch: {SPARSEML_END_EPOCH!r}",
-        f"    update_frequency: {SPARSEML_UPDATE_FREQUENCY!r}",
-        "    params: []",
-        "    mask_type: unstructured",
-    ]
-    return "\n".join(out) + "\n"
+    if dense:
+        out.append(f"# kept dense, so not listed (SparseML refuses a sparsity of 0): {', '.join(dense)}")
+    if any(layer.keep == 0 for layer in layers):
+        out.append("# a key just below 1 prunes a layer whole (SparseML refuses 1 and rounds)")
+    modifier = {
+        "init_sparsity": init_sparsity,
+        "final_sparsity": {float(key): names for key, names in groups.items()},
+        "start_epoch": SPARSEML_START_EPOCH,
+        "end_epoch": SPARSEML_END_EPOCH,
+        "update_frequency": SPARSEML_UPDATE_FREQUENCY,
+        "params": [],
+        "mask_type": "unstructured",
+    }
+    return "\n".join(out) + "\n" + _sparseml_yaml({"version": "1.1.0", "modifiers": [modifier]})
+
+
+def _sparseml_yaml(recipe: dict) -> str:
+    """The recipe as YAML (PyYAML, imported here only), the modifier under SparseML's
+    ``!GMPruningModifier`` tag, name lists in flow style, keys in insertion order. Floats are
+    written as Python's shortest repr, so ``float(key)`` gives back the very float chosen."""
+    import yaml
+
+    class _Dumper(yaml.SafeDumper):
+        def increase_indent(self, flow=False, indentless=False):
+            return super().increase_indent(flow, False)  # "modifiers:\n  - ..." as SparseML's docs
+
+    def modifier(dumper, data):
+        return dumper.represent_mapping("!GMPruningModifier", data.items())
+
+    def names(dumper, data):  # ["a.weight", ...]: quoted, so any module name reads back as itself
+        return yaml.SequenceNode("tag:yaml.org,2002:seq",
+                                 [dumper.represent_scalar("tag:yaml.org,2002:str", n, style='"') for n in data],
+                                 flow_style=True)
+
+    class _Modifier(dict):
+        pass
+
+    class _Names(list):
+        pass
+
+    _Dumper.add_representer(_Modifier, modifier)
+    _Dumper.add_representer(_Names, names)
+    modifiers = [_Modifier(m, final_sparsity={k: _Names(v) for k, v in m["final_sparsity"].items()})
+                 for m in recipe["modifiers"]]
+    return yaml.dump(dict(recipe, modifiers=modifiers), Dumper=_Dumper, sort_keys=False, default_flow_style=False,
+                     width=10**9, allow_unicode=True)
 
 
 def _export_torch_prune(plan: Plan, layers: list[PlanLayer]) -> str:

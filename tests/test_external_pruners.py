@@ -9,6 +9,7 @@ layer from lr-bound at 0.5, uniform-plus, ERK at 0.3, a 3-weight budget that emp
 plus a hand-made plan with convolutions, a dense, an empty and a frozen layer."""
 
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -86,7 +87,6 @@ def check_counts(plan: Plan, model, masked: dict) -> None:
 def test_nni_level_pruner_keeps_the_planned_counts(case):
     need("nni", "NNI is not installed (pip install nni==3.0)")
     from nni.compression.pruning import LevelPruner
-    import json
 
     plan, factory = case
     model = factory()

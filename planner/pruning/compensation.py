@@ -24,10 +24,15 @@ from planner.errors import ModelError, PlannerError
 DEFAULT_CHUNK_SIZE = 256
 
 
-def _as_batch(calibration, dtype, device):
+def _as_batch(model, calibration):
+    """The calibration batch as a tensor of the model's dtype on its device, checked: at least
+    2-D, not empty, finite."""
     import numpy as np
     import torch
 
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    dtype = params[0].dtype if params else torch.float32
+    device = params[0].device if params else torch.device("cpu")
     if isinstance(calibration, torch.Tensor):
         x = calibration.detach()
     else:
@@ -36,7 +41,10 @@ def _as_batch(calibration, dtype, device):
         raise PlannerError(f"calibration must be a batch of shape (N, *input_shape), got shape {tuple(x.shape)}")
     if x.shape[0] == 0:
         raise PlannerError("calibration batch is empty")
-    return x.to(device=device, dtype=dtype)
+    x = x.to(device=device, dtype=dtype)
+    if not bool(torch.isfinite(x).all()):
+        raise PlannerError("the calibration batch holds non-finite values (nan or inf)")
+    return x
 
 
 def _module_modes(model):
@@ -93,11 +101,8 @@ def compensation_statistics(model, names: list[str], calibration, *, chunk_size:
     if not linears:
         return {}
 
-    params = [p for p in model.parameters() if p.is_floating_point()]
-    dtype = params[0].dtype if params else torch.float32
-    device = params[0].device if params else torch.device("cpu")
-    x_all = _as_batch(calibration, dtype, device)
-    _check_finite("the calibration batch", x_all)
+    x_all = _as_batch(model, calibration)
+    device = x_all.device
     n_total = x_all.shape[0]
 
     sums = {name: {"s": torch.zeros(m.out_features, dtype=torch.float64, device=device),
@@ -198,15 +203,6 @@ def compensation_statistics(model, names: list[str], calibration, *, chunk_size:
 SHIFT_STEPS = (1.0, 0.5, 0.25, 0.0)
 
 
-def _check_finite(name: str, tensor) -> None:
-    import torch
-
-    if not bool(torch.isfinite(tensor).all()):
-        raise PlannerError(f"{name} holds non-finite values (nan or inf)")
-
-
-
-
 def sequential_bias_correction(model, masks: dict, calibration, alive: dict | None = None) -> tuple[dict, dict]:
     """Bias shifts for the masked ``nn.Linear`` layers of ``masks`` ({name: bool mask}), chosen
     so that the pruned model's output error on the calibration batch never exceeds that of the
@@ -228,10 +224,7 @@ def sequential_bias_correction(model, masks: dict, calibration, alive: dict | No
     layers = {n: m for n, m in layers.items() if isinstance(m, nn.Linear) and m.bias is not None}
     if not layers:
         return {}, {}
-    params = [p for p in model.parameters() if p.is_floating_point()]
-    dtype = params[0].dtype if params else torch.float32
-    x = _as_batch(calibration, dtype, params[0].device if params else torch.device("cpu"))
-    _check_finite("the calibration batch", x)
+    x = _as_batch(model, calibration)
 
     seen: dict[str, torch.Tensor] = {}
     order: list[str] = []

@@ -36,7 +36,7 @@ The formats, and how exactly each reproduces the plan's per-layer keep-counts:
     with as few more decimals as needed otherwise; layers with the same key share one entry (in
     order of first appearance). Dense layers are left out (they stay dense); a layer pruned whole
     gets the largest key below 1 that rounds to all its weights. Checked against SparseML 1.8.0
-    by ``tests/test_sparseml.py``.
+    by ``tests/test_external_pruners.py``.
 ``torch-prune``
     A Python snippet that, given ``model``, calls
     ``torch.nn.utils.prune.l1_unstructured(module, name="weight", amount=size - keep)`` per

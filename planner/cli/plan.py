@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from planner.allocation import STRATEGIES, TIE_BREAKS
+from planner.allocation import INTEGER_SEARCHES, STRATEGIES, TIE_BREAKS
 from planner.limits import DEFAULT_TIME_LIMIT, MAX_GRID, MAX_THREADS
 from planner.cli.common import (
     FiniteFloat,
@@ -26,7 +26,7 @@ from planner.cli.common import (
 
 #: options that are fields of PlanRequest, passed through under the same name
 REQUEST_OPTIONS = ("density", "keep", "solver", "rank_model", "input_dim", "seed", "grid", "min_density",
-                   "max_density", "max_flops", "tie_break", "time_limit", "threads")
+                   "max_density", "max_flops", "tie_break", "integer", "time_limit", "threads")
 #: what limits the baselines ignore
 LR_BOUND_ONLY = ("min_density", "max_density", "max_flops")
 
@@ -38,7 +38,7 @@ LR_BOUND_ONLY = ("min_density", "max_density", "max_flops")
               help="lr-bound maximizes the bound; the others are baselines (global and lamp need --model).")
 @click.option("--density", type=FiniteFloat(), default=None, help="Global density: kept fraction of the prunable weights.")
 @click.option("--keep", type=int, default=None, help="Kept weights (instead of --density).")
-@click.option("--solver", default="cpsat", show_default=True, help="cpsat, ortools-mip, pulp or exact.")
+@click.option("--solver", default="cpsat", show_default=True, help="cpsat, ortools-mip, pulp, exact, or paper (the paper's 1-D search, two hidden layers).")
 @with_options(rank_options)
 @click.option("--grid", type=click.IntRange(1, MAX_GRID), default=32, show_default=True,
               help="Candidate keep-counts per layer.")
@@ -49,6 +49,9 @@ LR_BOUND_ONLY = ("min_density", "max_density", "max_flops")
               help="Cap on multiply-accumulates per sample of the prunable layers (conv: per output position).")
 @click.option("--tie-break", type=click.Choice(TIE_BREAKS), default="robust", show_default=True,
               help="How plans with equal bounds are ordered.")
+@click.option("--integer", type=click.Choice(INTEGER_SEARCHES), default="auto", show_default=True,
+              help="Search integer keep-counts after the grid: auto scores every integer plan when there "
+                   "are few, else searches locally; local; off keeps the grid plan.")
 @click.option("--time-limit", type=TimeLimit(), default=DEFAULT_TIME_LIMIT, show_default=True,
               help="Wall-clock seconds the integer program may take; inf lifts the limit.")
 @click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=1, show_default=True,
@@ -139,7 +142,9 @@ def print_plan(result) -> None:
     if obj.get("uniform_log2_bound") is not None:
         click.echo(f"uniform log2 bound  {obj['uniform_log2_bound']:.4f}")
     if obj.get("certificate_log2_upper") is not None:
-        click.echo(f"certificate         no plan on the grid exceeds {obj['certificate_log2_upper']:.4f} "
+        covered = ("no integer plan keeping the budget" if obj.get("certificate_covers") == "integers"
+                   else "no plan on the grid")
+        click.echo(f"certificate         {covered} exceeds {obj['certificate_log2_upper']:.4f} "
                    f"(gap {obj['certificate_gap_bits']:.2f} bits)")
     if result.solver:
         note = f"; {result.solver['message']}" if result.solver.get("message") else ""

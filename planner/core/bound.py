@@ -100,18 +100,30 @@ def log_bound(hidden: Sequence[int], dists: Sequence[RankDistribution], input_di
         raise PlannerError(f"need one rank distribution per hidden layer ({len(hidden)}), got {len(dists)}")
     if input_dim < 0:
         raise InputDimError(f"input dimension must be >= 0, got {input_dim}")
-    dims = [int(input_dim)]  # dims[l] = largest d reaching layer l
-    for n in hidden[:-1]:
-        dims.append(min(dims[-1], n))
+    dims = input_dims(hidden, input_dim)
     log_r_next = None
     for layer in range(len(hidden) - 1, -1, -1):
-        n, dist = hidden[layer], dists[layer]
-        if dist.kmax > n:
-            raise PlannerError(f"layer {layer + 1}: rank {dist.kmax} exceeds width {n}")
-        m_max = min(dist.kmax, dims[layer])
-        log_f = _log_f(n, m_max, log_r_next)
-        log_r_next = _log_r(dist, log_f, dims[layer])
+        log_r_next = layer_log_r(hidden[layer], dists[layer], dims[layer], log_r_next, layer)
     return float(log_r_next[int(input_dim)])
+
+
+def input_dims(hidden: Sequence[int], input_dim: int) -> list[int]:
+    """The largest dimension d that reaches each hidden layer: d0, min(d0, n1), ..."""
+    dims = [int(input_dim)]
+    for n in hidden[:-1]:
+        dims.append(min(dims[-1], int(n)))
+    return dims
+
+
+def layer_log_r(width: int, dist: RankDistribution, d_max: int, log_r_next: np.ndarray | None,
+                layer: int = 0) -> np.ndarray:
+    """One step of the recurrence: ln R(l, d) for d = 0..d_max from layer l's width and rank
+    distribution and ln R(l+1, .) (None at the last layer). :func:`log_bound` is these steps
+    from the last layer back; a search over allocations can share the suffixes."""
+    if dist.kmax > width:
+        raise PlannerError(f"layer {layer + 1}: rank {dist.kmax} exceeds width {width}")
+    log_f = _log_f(int(width), min(dist.kmax, d_max), log_r_next)
+    return _log_r(dist, log_f, d_max)
 
 
 def log2_bound(hidden: Sequence[int], dists: Sequence[RankDistribution], input_dim: int) -> float:

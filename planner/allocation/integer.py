@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 from planner.allocation.scoring import KeepScorer
 from planner.allocation.search import NOT_WORSE_EPS_BITS
-from planner.core.bound import LN2, input_dims, layer_log_r
-from planner.core.rank import prefetch
+from planner.core.bound import LN2, input_dims, layer_log_r, log_bound
+from planner.core.rank import RankDistribution, prefetch
 
 #: at most this many allocations are enumerated by the exhaustive search
 EXHAUSTIVE_MAX_ALLOCATIONS = 20_000
@@ -201,6 +201,11 @@ def local_search(space: IntegerSpace, scorer: KeepScorer, keeps, *, workers=None
     ``(keeps, log2_bound, stopped_early)``."""
     current = tuple(int(k) for k in keeps)
     evaluations = 0
+    # at the dense bound (every layer at full rank) nothing can gain: skip the sampling
+    dense = log_bound(scorer.widths, [RankDistribution.point_mass(r, c, min(r, c)) for r, c in scorer.shapes],
+                      scorer.input_dim) / LN2
+    if scorer.exact(current) >= dense - 1e-9:
+        return list(current), scorer.exact(current), False
     while True:
         neighbours = [c for c in dict.fromkeys(_moves(space, list(current))) if space.feasible(c)]
         if evaluations + len(neighbours) > max_evaluations:

@@ -5,6 +5,7 @@ recurrence, no shared suffixes), best by exact bound, ties by the tie-break."""
 from __future__ import annotations
 
 import functools
+import math
 import itertools
 import random
 
@@ -12,6 +13,7 @@ import pytest
 
 import planner
 from planner import RankCache, plan
+from planner.allocation.baselines import _capped_fill
 from planner.allocation.integer import _moves, integer_space
 from planner.allocation.request import PlanRequest, apportion, validate
 from planner.allocation.scoring import ROBUST_LEVELS, TIE_RESOLUTION_BITS
@@ -39,6 +41,14 @@ def oracle(arch: str, total: int, rank_model: str, tie_break: str):
     def key(keeps):
         if tie_break == "none":
             return (bits(keeps),)
+        if tie_break.startswith("prior:"):
+            if tie_break == "prior:uniform":
+                prior = apportion(total, sizes)
+            else:
+                shapes = net.weight_shapes[:-1]
+                prior = _capped_fill(total, sizes, [(r + c) / (r * c) for r, c in shapes])
+            dist = sum(q / sum(prior) * abs(math.log(k / q)) for k, q in zip(keeps, prior))
+            return (round(bits(keeps) / TIE_RESOLUTION_BITS), -round(dist, 9))
         return tuple(round(bits(keeps, i) / TIE_RESOLUTION_BITS) for i in range(ROBUST_LEVELS))
 
     # a plan is never below the uniform plan in exact bound (it is the floor of every search)
@@ -70,7 +80,7 @@ def test_plan_is_the_best_integer_split_on_random_instances(seed, depth):
     net = planner.Architecture.parse(arch)
     sizes = [r * c for r, c in net.weight_shapes[:-1]]
     total = rng.randint(depth + 1, min(60, sum(sizes) - 1))
-    tie_break = rng.choice(["none", "robust"])
+    tie_break = rng.choice(["none", "robust", "prior:uniform", "prior:erk"])
     p = plan(arch, keep=total, rank_model="analytic", tie_break=tie_break, cache=CACHE)
     want, want_bits = oracle(arch, total, "analytic", tie_break)
     assert chain_keeps(p) == want, (arch, total, tie_break)
@@ -152,3 +162,16 @@ def test_integer_off_is_the_grid_plan_and_auto_never_below_it():
 def test_unknown_integer_search_is_refused():
     with pytest.raises(planner.PlannerError, match="integer search"):
         plan("784,100,10", density=0.1, integer="always", rank_model="analytic")
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("tie_break", ["prior:uniform", "prior:erk"])
+def test_prior_tie_breaks_pick_the_nearest_of_the_best(seed, tie_break):
+    rng = random.Random(7000 + seed)
+    arch = random_arch(rng, rng.choice([2, 3]))
+    net = planner.Architecture.parse(arch)
+    sizes = [r * c for r, c in net.weight_shapes[:-1]]
+    total = rng.randint(len(sizes) + 1, min(80, sum(sizes) - 1))
+    p = plan(arch, keep=total, rank_model="analytic", tie_break=tie_break, cache=CACHE)
+    want, _ = oracle(arch, total, "analytic", tie_break)
+    assert chain_keeps(p) == want, (arch, total)

@@ -7,7 +7,7 @@ This module holds the names the command line needs without importing numpy.
 """
 
 #: how plans with equal bounds are ordered (``scoring.Scorer``)
-TIE_BREAKS = ("robust", "robust-analytic", "none")
+TIE_BREAKS = ("robust", "robust-analytic", "prior:uniform", "prior:erk", "none")
 #: how the plan is searched on integer keep-counts after the grid (``integer.py``): ``auto``
 #: enumerates every allocation when there are few, else runs a local search; ``local`` always
 #: searches locally; ``off`` keeps the grid plan

@@ -216,8 +216,11 @@ def local_search(space: IntegerSpace, scorer: KeepScorer, keeps, *, workers=None
         if progress is not None:
             progress("integer search", evaluations, max_evaluations)
         best = current
+        # robust levels cost fresh distributions: compare the exact bound only; a prior's
+        # distance is free, so its moves may also trade nothing for a plan nearer the prior
+        levels = None if scorer.tie_break.startswith("prior:") else 1
         for c in neighbours:
-            if scorer.better(c, best, levels=1):
+            if scorer.better(c, best, levels=levels):
                 best = c
         evaluations += len(neighbours)
         if best == current:

@@ -126,10 +126,27 @@ class Allocation:
     solver: str | None = None  # what produced the plan, when not the requested backend
 
 
+def prior_keeps(target: Target) -> list[int] | None:
+    """The allocation a ``prior:*`` tie-break measures distance to (chain order), else None:
+    the uniform plan, or ERK (Evci et al. 2020) of the chain's share of the budget."""
+    r = target.request
+    if not r.tie_break.startswith("prior:"):
+        return None
+    decision = target.decision
+    if r.tie_break == "prior:uniform":
+        keeps = {w.name: target.uniform[w.name] for w in decision}
+    else:
+        from planner.allocation.baselines import _capped_fill, _erk_weight
+
+        fill_ = _capped_fill(target.chain_budget, [w.size for w in decision], [_erk_weight(w, None) for w in decision])
+        keeps = dict(zip((w.name for w in decision), fill_))
+    return [w.size if w.frozen else keeps[w.name] for w in target.chain]
+
+
 def keep_scorer(target: Target, cache: RankCache | None = None) -> KeepScorer:
     r = target.request
     return KeepScorer([(w.rows, w.cols) for w in target.chain], target.input_dim, r.rank_model, r.seed, cache,
-                      r.tie_break)
+                      r.tie_break, prior_keeps(target))
 
 
 def _uniform_keeps(target: Target) -> list[int]:
@@ -174,7 +191,7 @@ def allocate(target: Target, built: Built, *, cache: RankCache | None = None, wo
     keep-counts around the result (unless ``integer="off"``), and fall back to the uniform plan
     if the result is below it in exact bound."""
     r, chain, problem = target.request, target.chain, built.problem
-    scorer = Scorer(problem, built.cands, built.grid, r.rank_model, r.seed, cache, r.tie_break)
+    scorer = Scorer(problem, built.cands, built.grid, r.rank_model, r.seed, cache, r.tie_break, prior_keeps(target))
     result, certificate = solve(problem, solver=r.solver, uniform_choice=built.uniform_choice,
                                 time_limit=check_time_limit(r.time_limit), threads=r.threads, seed=r.seed,
                                 pool_size=r.pool_size, progress=progress)

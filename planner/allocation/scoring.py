@@ -2,13 +2,17 @@
 
 Under ``robust`` (the default) two plans compare by their exact log2 bound and, when those
 round to the same 0.01 bits, by the bound with every density halved, quartered, ... seven
-times. ``robust-analytic`` scores the halved levels with the analytic rank model; ``none``
+times. ``robust-analytic`` scores the halved levels with the analytic rank model;
+``prior:uniform`` and ``prior:erk`` prefer, among plans of equal bound, the one closest to that
+allocation (:meth:`TieBreak.prior_distance`); ``none``
 compares the exact bound alone, at full precision. Grid choices are scored by :class:`Scorer`, integer plans by
 :class:`KeepScorer`; a new tie-break is a branch of :meth:`TieBreak.better` and a
 name in :data:`planner.allocation.request.TIE_BREAKS`.
 """
 
 from __future__ import annotations
+
+import math
 
 from planner.core.bound import LN2, log_bound
 from planner.core.rank import RankDistribution, rank_distribution
@@ -29,9 +33,26 @@ class TieBreak:
 
     problem = None
 
-    def __init__(self, rank_model="sampled", seed=0, cache=None, tie_break="none"):
+    def __init__(self, rank_model="sampled", seed=0, cache=None, tie_break="none", prior=None):
         self.rank_model, self.seed, self.cache, self.tie_break = rank_model, seed, cache, tie_break
         self._levels: dict[tuple, list[float]] = {}
+        self.prior = None if prior is None else [int(k) for k in prior]
+        if tie_break.startswith("prior:") and self.prior is None:
+            raise ValueError(f"tie-break {tie_break} needs the prior allocation")
+
+    def _keeps(self, key: tuple) -> list[int]:
+        """The keep-counts of a plan (chain order)."""
+        raise NotImplementedError
+
+    def prior_distance(self, key: tuple) -> float:
+        """How far a plan is from the prior allocation: sum over layers of
+        (prior_l / sum prior) * |ln(keep_l / prior_l)|, 0 at the prior itself."""
+        total = sum(self.prior)
+        out = 0.0
+        for k, q in zip(self._keeps(key), self.prior):
+            if q > 0:
+                out += (q / total) * (abs(math.log(k / q)) if k > 0 else math.inf)
+        return out
 
     def _exact(self, key: tuple) -> float:
         raise NotImplementedError
@@ -53,6 +74,8 @@ class TieBreak:
         return rank_distribution(rows, cols, min(p, 1.0), model, seed=self.seed, cache=self.cache)
 
     def level(self, key: tuple, i: int) -> float:
+        if i >= 1 and self.tie_break.startswith("prior:"):
+            return -self.prior_distance(key)
         levels = self._levels.setdefault(key, [])
         while len(levels) <= i:
             levels.append(self._exact(key) if not levels else self._halved(key, len(levels)))
@@ -71,9 +94,12 @@ class TieBreak:
         if a == b:
             return False
         if levels is None:
-            levels = ROBUST_LEVELS if self._uses_levels() else 1
+            if self.tie_break.startswith("prior:"):
+                levels = 2
+            else:
+                levels = ROBUST_LEVELS if self._uses_levels() else 1
         for i in range(levels):
-            ra, rb = self.step(self.level(a, i)), self.step(self.level(b, i))
+            ra, rb = self._step_level(a, i), self._step_level(b, i)
             if ra != rb:
                 return ra > rb
         return False
@@ -83,15 +109,24 @@ class TieBreak:
         the next level decides between near-equal plans); under ``none``, the bound itself."""
         return bits if self.tie_break == "none" else round(bits / TIE_RESOLUTION_BITS)
 
+    def _step_level(self, key: tuple, i: int):
+        value = self.level(key, i)
+        if i >= 1 and self.tie_break.startswith("prior:"):
+            return round(value, 9)  # distances equal up to float noise tie
+        return self.step(value)
+
 
 class Scorer(TieBreak):
     """Scores of grid choices: the exact bound at the candidates' densities, and the robustness
     tie-break levels B(p / 2^i), computed lazily and shared between plans."""
 
     def __init__(self, problem, cands=None, grid=None, rank_model="sampled", seed=0, cache=None,
-                 tie_break="none"):
-        super().__init__(rank_model, seed, cache, tie_break)
+                 tie_break="none", prior=None):
+        super().__init__(rank_model, seed, cache, tie_break, prior)
         self.problem, self.cands, self.grid = problem, cands, grid
+
+    def _keeps(self, choice):
+        return self.problem.keeps(choice)
 
     def _uses_levels(self) -> bool:
         return self.tie_break != "none" and self.cands is not None
@@ -118,10 +153,14 @@ class KeepScorer(TieBreak):
     """Scores of integer plans: a tuple of keep-counts of the bound chain, each layer scored at
     density keep / size (the plan file's own densities), halved levels at (keep / size) / 2^i."""
 
-    def __init__(self, shapes, input_dim, rank_model="sampled", seed=0, cache=None, tie_break="none"):
-        super().__init__(rank_model, seed, cache, tie_break)
+    def __init__(self, shapes, input_dim, rank_model="sampled", seed=0, cache=None, tie_break="none",
+                 prior=None):
+        super().__init__(rank_model, seed, cache, tie_break, prior)
         self.shapes, self.input_dim = [(int(r), int(c)) for r, c in shapes], int(input_dim)
         self.widths = [r for r, _ in self.shapes]
+
+    def _keeps(self, keeps):
+        return list(keeps)
 
     def dist(self, layer_index: int, keep: int) -> RankDistribution:
         rows, cols = self.shapes[layer_index]

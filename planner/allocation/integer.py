@@ -6,8 +6,9 @@ integer plan. This step searches keep-counts themselves, every layer scored at d
 keep / size (the plan file's own densities), in one of two ways:
 
 exhaustive
-    When the weight budget is the only budget that can bind and the allocations that keep exactly the budget
-    (every decision layer at least one weight) are at most :data:`EXHAUSTIVE_MAX_ALLOCATIONS`,
+    When the weight budget is the only budget that can bind and the allocations that keep
+    exactly the budget (every decision layer at least one weight) are at most
+    :data:`EXHAUSTIVE_MAX_ALLOCATIONS`,
     needing at most :data:`EXHAUSTIVE_MAX_DISTRIBUTIONS` rank distributions, every one is scored
     (the recurrence's suffixes are shared, so three hidden layers cost one layer step per
     allocation). The best under the tie-break, then the lexicographically smallest, is the plan:
@@ -29,8 +30,8 @@ from dataclasses import dataclass
 
 from planner.allocation.scoring import KeepScorer
 from planner.allocation.search import NOT_WORSE_EPS_BITS
-from planner.core.bound import LN2, input_dims, layer_log_r, log_bound
-from planner.core.rank import RankDistribution, prefetch
+from planner.core.bound import LN2, dense_log2_bound, input_dims, layer_log_r
+from planner.core.rank import prefetch
 
 #: at most this many allocations are enumerated by the exhaustive search
 EXHAUSTIVE_MAX_ALLOCATIONS = 20_000
@@ -164,8 +165,7 @@ def exhaustive(space: IntegerSpace, scorer: KeepScorer, *, floor_bits: float | N
 
 def _prefetch_pairs(scorer: KeepScorer, items, workers, progress):
     shapes = scorer.shapes
-    todo = [(shapes[i][0], shapes[i][1], k / (shapes[i][0] * shapes[i][1])) for i, k in items
-            if 0 < k < shapes[i][0] * shapes[i][1]]
+    todo = [(shapes[i][0], shapes[i][1], k / (shapes[i][0] * shapes[i][1])) for i, k in items if k > 0]
     prefetch(todo, scorer.rank_model, seed=scorer.seed, cache=scorer.cache, workers=workers,
              progress=None if progress is None else (lambda d, t: progress("integer search", d, t)))
 
@@ -176,7 +176,7 @@ def _moves(space: IntegerSpace, keeps: list[int]):
     left = space.budget - sum(keeps[i] for i in space.decision)
     for a in space.decision:
         cap = max(1, int(keeps[a] * LOCAL_MAX_MOVE_FRACTION))
-        deltas = [1 << e for e in range(cap.bit_length()) if (1 << e) <= cap]
+        deltas = [1 << e for e in range(cap.bit_length())]  # 1, 2, 4, ... <= cap
         for b in space.decision:
             if b == a:
                 continue
@@ -187,9 +187,7 @@ def _moves(space: IntegerSpace, keeps: list[int]):
                 yield tuple(c)
     if left > 0:
         for b in space.decision:
-            for e in range(left.bit_length()):
-                if (1 << e) > left:
-                    break
+            for e in range(left.bit_length()):  # 1, 2, 4, ... <= left
                 c = list(keeps)
                 c[b] += 1 << e
                 yield tuple(c)
@@ -202,10 +200,12 @@ def local_search(space: IntegerSpace, scorer: KeepScorer, keeps, *, workers=None
     current = tuple(int(k) for k in keeps)
     evaluations = 0
     # at the dense bound (every layer at full rank) nothing can gain: skip the sampling
-    dense = log_bound(scorer.widths, [RankDistribution.point_mass(r, c, min(r, c)) for r, c in scorer.shapes],
-                      scorer.input_dim) / LN2
+    dense = dense_log2_bound([scorer.shapes[0][1], *scorer.widths], scorer.input_dim)
     if scorer.exact(current) >= dense - 1e-9:
         return list(current), scorer.exact(current), False
+    # robust levels cost fresh distributions: compare the exact bound only; a prior's distance
+    # is free, so its moves may also trade nothing for a plan nearer the prior
+    levels = None if scorer.by_prior else 1
     while True:
         neighbours = [c for c in dict.fromkeys(_moves(space, list(current))) if space.feasible(c)]
         if evaluations + len(neighbours) > max_evaluations:
@@ -216,9 +216,6 @@ def local_search(space: IntegerSpace, scorer: KeepScorer, keeps, *, workers=None
         if progress is not None:
             progress("integer search", evaluations, max_evaluations)
         best = current
-        # robust levels cost fresh distributions: compare the exact bound only; a prior's
-        # distance is free, so its moves may also trade nothing for a plan nearer the prior
-        levels = None if scorer.tie_break.startswith("prior:") else 1
         for c in neighbours:
             if scorer.better(c, best, levels=levels):
                 best = c

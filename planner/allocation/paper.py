@@ -89,7 +89,7 @@ def paper_search(target, *, points: int = GRID_POINTS, cache=None, workers=None,
         a, b, _ = np.polyfit(xs, ys, 2)
         if a != 0.0 and math.isfinite(a):
             x_star = -b / (2.0 * a)
-            if p_low < x_star < p_high and x_star < p_uniform and x_star != 0.0:
+            if p_low < x_star < min(p_high, p_uniform):  # p_low >= 0, so x_star is never 0
                 fetch([x_star])
                 v = bits(x_star)
                 if v > ys[1]:

@@ -8,11 +8,11 @@
 5. :func:`~planner.allocation.search.polish` -- exact scores, the tie-break, local search, the
    left-over weights, then :mod:`~planner.allocation.integer` -- the search on integer
    keep-counts -- and the uniform plan as a floor;
+6. :func:`assemble` -- the plan file.
 
 When the integer plans keeping the budget are few, :func:`allocate_exhaustive` scores all of
 them instead of steps 2 to 5 (the plan is then the best integer plan, not just the best grid
-plan).
-6. :func:`assemble` -- the plan file.
+plan); ``solver="paper"`` runs the paper's 1-D search instead.
 
 No plan worse than the uniform plan in exact bound is ever returned. :func:`plan` keeps the
 keyword interface; :func:`run` takes a request.
@@ -198,7 +198,6 @@ def allocate(target: Target, built: Built, *, cache: RankCache | None = None, wo
     best = polish(problem, scorer, [result.choice, *result.pool], built.uniform_choice, progress)
     keeps = fill(problem, list(problem.keeps(best)), chain,
                  list(zip(target.extra_costs(), target.extra_left())), target.max_keep)
-    keeps = [w.size if w.frozen else k for w, k in zip(chain, keeps)]
     kscorer = keep_scorer(target, cache)
     message = result.message if result.status.value == "FEASIBLE" else ""
     if r.integer != "off" and r.rank_model != "svd":

@@ -4,10 +4,10 @@ Under ``robust`` (the default) two plans compare by their exact log2 bound and, 
 round to the same 0.01 bits, by the bound with every density halved, quartered, ... seven
 times. ``robust-analytic`` scores the halved levels with the analytic rank model;
 ``prior:uniform`` and ``prior:erk`` prefer, among plans of equal bound, the one closest to that
-allocation (:meth:`TieBreak.prior_distance`); ``none``
-compares the exact bound alone, at full precision. Grid choices are scored by :class:`Scorer`, integer plans by
-:class:`KeepScorer`; a new tie-break is a branch of :meth:`TieBreak.better` and a
-name in :data:`planner.allocation.request.TIE_BREAKS`.
+allocation (:meth:`TieBreak.prior_distance`); ``none`` compares the exact bound alone, at full
+precision. Grid choices are scored by :class:`Scorer`, integer plans by :class:`KeepScorer`; a
+new tie-break is a level of :class:`TieBreak` and a name in
+:data:`planner.allocation.TIE_BREAKS`.
 """
 
 from __future__ import annotations
@@ -26,18 +26,18 @@ TIE_RESOLUTION_BITS = 0.01
 
 
 class TieBreak:
-    """The ordering shared by every scorer: the exact bound (level 0), then the bound with every
-    density halved ``i`` times (levels 1..7) when the tie-break is not ``none``, each compared
-    in 0.01-bit steps (``none`` compares the exact bound itself). Subclasses say what a plan is (:meth:`_exact`) and which distributions
-    its halved levels use (:meth:`_halved`)."""
-
-    problem = None
+    """The ordering shared by every scorer: the exact bound (level 0) in 0.01-bit steps (``none``
+    compares the exact bound itself), then under ``robust*`` the bound with every density
+    halved ``i`` times (levels 1..7), or under ``prior:*`` the distance to the prior (level 1).
+    Subclasses say what a plan is (:meth:`_exact`, :meth:`_keeps`) and which distributions its
+    halved levels use (:meth:`_halved`)."""
 
     def __init__(self, rank_model="sampled", seed=0, cache=None, tie_break="none", prior=None):
         self.rank_model, self.seed, self.cache, self.tie_break = rank_model, seed, cache, tie_break
         self._levels: dict[tuple, list[float]] = {}
         self.prior = None if prior is None else [int(k) for k in prior]
-        if tie_break.startswith("prior:") and self.prior is None:
+        self.by_prior = tie_break.startswith("prior:")
+        if self.by_prior and self.prior is None:
             raise ValueError(f"tie-break {tie_break} needs the prior allocation")
 
     def _keeps(self, key: tuple) -> list[int]:
@@ -74,7 +74,7 @@ class TieBreak:
         return rank_distribution(rows, cols, min(p, 1.0), model, seed=self.seed, cache=self.cache)
 
     def level(self, key: tuple, i: int) -> float:
-        if i >= 1 and self.tie_break.startswith("prior:"):
+        if i >= 1 and self.by_prior:
             return -self.prior_distance(key)
         levels = self._levels.setdefault(key, [])
         while len(levels) <= i:
@@ -94,7 +94,7 @@ class TieBreak:
         if a == b:
             return False
         if levels is None:
-            if self.tie_break.startswith("prior:"):
+            if self.by_prior:
                 levels = 2
             else:
                 levels = ROBUST_LEVELS if self._uses_levels() else 1
@@ -111,7 +111,7 @@ class TieBreak:
 
     def _step_level(self, key: tuple, i: int):
         value = self.level(key, i)
-        if i >= 1 and self.tie_break.startswith("prior:"):
+        if i >= 1 and self.by_prior:
             return round(value, 9)  # distances equal up to float noise tie
         return self.step(value)
 

@@ -80,3 +80,26 @@ class AlexNetHead(nn.Module):
 def alexnet_head(seed: int = 0) -> AlexNetHead:
     torch.manual_seed(seed)
     return AlexNetHead()
+
+
+class DigitsCNN(nn.Module):
+    """A small CNN for scikit-learn's 8x8 digits (input 1x8x8): two 3x3 convolutions, a 2x2
+    max pool, then 256-64-10."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(256, 64), nn.ReLU(), nn.Linear(64, num_classes),
+        )
+
+    def forward(self, x):
+        return self.classifier(self.features(x.reshape(-1, 1, 8, 8)))
+
+
+def digits_cnn(seed: int = 0) -> DigitsCNN:
+    torch.manual_seed(seed)
+    return DigitsCNN()

@@ -12,6 +12,9 @@ TIE_BREAKS = ("robust", "robust-analytic", "prior:uniform", "prior:erk", "none")
 #: enumerates every allocation when there are few, else runs a local search; ``local`` always
 #: searches locally; ``off`` keeps the grid plan
 INTEGER_SEARCHES = ("auto", "local", "off")
+#: what the plan optimizes: the bound (``pipeline``), or the summed measured loss increase of a
+#: sensitivity table (``secondary``); either may keep the bound within ``--bound-floor`` of its best
+OBJECTIVES = ("bound", "sensitivity")
 #: the baseline allocations of ``baselines.py``
 BASELINES = ("uniform", "uniform-plus", "erk", "global", "lamp")
 #: every strategy a plan can come from

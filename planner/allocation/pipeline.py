@@ -208,8 +208,17 @@ def allocate(target: Target, built: Built, *, cache: RankCache | None = None, wo
     return _finish(target, kscorer, keeps, certificate=certificate, status=str(result.status), message=message)
 
 
-def assemble(target: Target, alloc: Allocation) -> Plan:
-    """Step 6: the plan file, every layer in the request's order."""
+def _rule(w: WeightLayer, objective: str) -> str:
+    if w.frozen:
+        return "frozen"
+    if objective == "sensitivity":
+        return "sensitivity"
+    return "bound" if w.in_bound else "global density"
+
+
+def assemble(target: Target, alloc: Allocation, extra: dict | None = None) -> Plan:
+    """Step 6: the plan file, every layer in the request's order (``extra``: further objective
+    entries, e.g. the sensitivity objective's)."""
     r, chain = target.request, target.chain
     chain_keeps = {w.name: k for w, k in zip(chain, alloc.keeps)}
     rank_of = {w.name: d.expected_rank for w, d in zip(chain, alloc.dists)}
@@ -222,7 +231,7 @@ def assemble(target: Target, alloc: Allocation) -> Plan:
         else:
             k = target.fixed[w.name]
         plan_layers.append(PlanLayer(w.name, w.rows, w.cols, int(k), w.frozen, w.in_bound,
-                                     rank_of.get(w.name) if w.in_bound else None))
+                                     rank_of.get(w.name) if w.in_bound else None, _rule(w, r.objective)))
     cert = alloc.certificate
     objective = {
         "log2_bound": round(alloc.log2_bound, 6),
@@ -234,7 +243,13 @@ def assemble(target: Target, alloc: Allocation) -> Plan:
         "tie_break": r.tie_break,
         "grid": r.grid,
         "integer": r.integer,
+        "objective": r.objective,
     }
+    if r.bound_floor is not None:
+        from planner.allocation.secondary import BoundFloor
+
+        objective["bound_floor"] = str(BoundFloor.parse(r.bound_floor))
+    objective.update(extra or {})
     plan_target = {"density": r.density, "keep": target.budget, "prunable": target.total,
                    "min_density": r.min_density, "max_density": r.max_density, "max_flops": r.max_flops}
     if r.budgets:
@@ -250,6 +265,8 @@ def run(request: PlanRequest, *, cache: RankCache | None = None, workers: int | 
     """The pipeline on a request. ``cache``, ``workers`` and ``progress`` change how fast the
     plan comes, never which plan: same request, same plan, byte for byte."""
     target = validate(request)
+    if request.objective == "sensitivity" or request.bound_floor is not None:
+        return _run_secondary(target, cache=cache, workers=workers, progress=progress)
     if request.solver == PAPER_SOLVER:
         from planner.allocation.paper import paper_search
 
@@ -267,6 +284,33 @@ def run(request: PlanRequest, *, cache: RankCache | None = None, workers: int | 
     built = build_problem(target, dgrid, cands, cache=cache, workers=workers, progress=progress)
     alloc = allocate(target, built, cache=cache, workers=workers, progress=progress)
     return assemble(target, alloc)
+
+
+def _run_secondary(target: Target, *, cache=None, workers=None, progress=None) -> Plan:
+    """The bound as a floor and the sensitivity objective (:mod:`.secondary`)."""
+    from planner.allocation.secondary import BoundFloor, allocate_floor, allocate_sensitivity, with_fixed
+
+    r = target.request
+    floor = None if r.bound_floor is None else BoundFloor.parse(r.bound_floor)
+    scorer = keep_scorer(target, cache)
+    if r.objective == "sensitivity":
+        sa = allocate_sensitivity(target, r.sensitivity, floor, cache=cache, workers=workers, progress=progress)
+        keeps = [w.size if w.frozen else sa.keeps[w.name] for w in target.chain]
+        alloc = _finish(target, scorer, keeps, floor=False, certificate=None, status=sa.status, message=sa.message,
+                        solver="cpsat")
+        extra = {"predicted_loss_increase": round(sa.predicted, 7),
+                 "uniform_predicted_loss_increase": None if sa.uniform_predicted is None
+                 else round(sa.uniform_predicted, 7),
+                 "sensitivity_criterion": r.sensitivity.criterion, "sensitivity_table": r.sensitivity.key}
+        if floor is not None:
+            extra.update(best_log2_bound=round(sa.best_bits, 6), floor_log2_bound=round(sa.floor_bits, 6))
+        return assemble(with_fixed(target, sa.keeps), alloc, extra)
+    dgrid, cands = candidates(target)
+    built = build_problem(target, dgrid, cands, cache=cache, workers=workers, progress=progress)
+    keeps, best, floor_bits = allocate_floor(target, built, floor, cache=cache, workers=workers, progress=progress)
+    alloc = _finish(target, scorer, keeps, floor=False, certificate=best, status="OPTIMAL", solver="floor",
+                    message=f"every grid plan scored; the tie-break chose among those within {floor} of the best")
+    return assemble(target, alloc, {"best_log2_bound": round(best, 6), "floor_log2_bound": round(floor_bits, 6)})
 
 
 def plan(
@@ -289,25 +333,36 @@ def plan(
     seed: int = 0,
     tie_break: str = "robust",
     integer: str = "auto",
+    objective: str = "bound",
+    bound_floor: float | str | None = None,
+    sensitivity=None,
     pool_size: int = 1,
     workers: int | None = None,
     cache: RankCache | None = None,
     progress: Progress | None = None,
     architecture_info: dict | None = None,
+    input_shape: Sequence[int] | None = None,
 ) -> Plan:
     """A per-layer sparsity plan maximizing the expected linear-region bound.
 
-    Give ``arch`` (``"784,300,100,10"`` or an :class:`Architecture`) or ``layers`` (a list of
+    Give ``arch`` (``"784,300,100,10"``, an :class:`Architecture`, or a torch ``nn.Module``,
+    read as ``plan --model`` reads it; ``input_shape`` for models starting with a conv) or ``layers`` (a list of
     :class:`WeightLayer`, hidden ReLU chain marked ``in_bound``), and exactly one of ``density``
     (global kept fraction of the prunable weights) or ``keep`` (kept weights). The other
     arguments are the fields of :class:`PlanRequest`. Raises :class:`InfeasibleError` when no
     plan meets the budgets.
     """
+    if arch is not None and not isinstance(arch, (str, Architecture)) and hasattr(arch, "named_modules"):
+        from planner.pruning.model import model_layers
+
+        found = model_layers(arch, input_shape, prune_output=prune_output)
+        architecture_info = architecture_info or {"model": type(arch).__name__, "input_size": found.input_size}
+        layers, arch = list(found.layers), None
     request = PlanRequest.build(
         arch, layers=layers, prune_output=prune_output, architecture_info=architecture_info,
         density=density, keep=keep, min_density=min_density, max_density=max_density, max_flops=max_flops,
         budgets=budgets, input_dim=input_dim, rank_model=rank_model, seed=seed, grid=grid, tie_break=tie_break,
-        integer=integer,
+        integer=integer, objective=objective, bound_floor=bound_floor, sensitivity=sensitivity,
         solver=solver, time_limit=time_limit, threads=threads, pool_size=pool_size,
     )
     return run(request, cache=cache, workers=workers, progress=progress)

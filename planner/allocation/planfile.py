@@ -28,6 +28,8 @@ class PlanLayer:
     frozen: bool = False
     in_bound: bool = False
     expected_rank: float | None = None
+    #: what decided the keep-count: "bound", "sensitivity", "global density", "frozen", a baseline
+    rule: str | None = None
 
     @property
     def size(self) -> int:
@@ -53,6 +55,8 @@ class PlanLayer:
         }
         if self.expected_rank is not None:
             d["expected_rank"] = round(self.expected_rank, 6)
+        if self.rule is not None:
+            d["rule"] = self.rule
         return d
 
 
@@ -175,7 +179,7 @@ class Plan:
                     f"{where}: density {raw['density']!r} does not match keep/size = {keep / (rows * cols)!r}"
                 )
             layers.append(PlanLayer(name, rows, cols, keep, raw.get("frozen", False), raw.get("in_bound", False),
-                                    raw.get("expected_rank")))
+                                    raw.get("expected_rank"), raw.get("rule")))
         return cls(data["architecture"], data["strategy"], data["target"], layers, data.get("input_dim"),
                    data.get("objective", {}), data.get("solver", {}), data.get("seed", 0))
 

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from planner.allocation import INTEGER_SEARCHES, TIE_BREAKS
+from planner.allocation import INTEGER_SEARCHES, OBJECTIVES, TIE_BREAKS
 from planner.core.arch import Architecture
 from planner.core.bound import check_input_dim
 from planner.core.rank import RANK_MODELS, check_density
@@ -104,6 +104,10 @@ class PlanRequest:
     - budgets: ``max_flops`` and any further :class:`ExtraBudget`;
     - objective: ``rank_model``, ``seed``, ``grid`` (candidates per layer), ``tie_break``,
       ``integer`` (the search on integer keep-counts after the grid, one of INTEGER_SEARCHES);
+    - second criteria: ``objective`` (``bound`` or ``sensitivity``: the summed loss increase of
+      the :class:`~planner.allocation.sensitivity.SensitivityTable` ``sensitivity``) and
+      ``bound_floor`` (keep the bound within this many bits, or ``"X%"``, of the best; then the
+      tie-break or the sensitivity decides);
     - solver: ``solver``, ``time_limit``, ``threads``, ``pool_size``.
     """
 
@@ -120,6 +124,9 @@ class PlanRequest:
     grid: int = DEFAULT_GRID
     tie_break: str = "robust"
     integer: str = "auto"
+    objective: str = "bound"
+    bound_floor: float | str | None = None
+    sensitivity: object = None  # a SensitivityTable, for objective "sensitivity"
     solver: str = "cpsat"
     time_limit: float | None = DEFAULT_TIME_LIMIT
     threads: int = 1
@@ -209,6 +216,23 @@ def validate(request: PlanRequest) -> Target:
         raise SolverError(f"unknown solver {r.solver!r}; choose one of {', '.join(REGISTRY)}, {PAPER_SOLVER}")
     if r.integer not in INTEGER_SEARCHES:
         raise PlannerError(f"unknown integer search {r.integer!r}; choose one of {', '.join(INTEGER_SEARCHES)}")
+    if r.objective not in OBJECTIVES:
+        raise ProblemError(f"unknown objective {r.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    if r.bound_floor is not None:
+        from planner.allocation.secondary import BoundFloor
+
+        BoundFloor.parse(r.bound_floor)
+    if r.objective == "sensitivity":
+        from planner.allocation.sensitivity import SensitivityTable
+
+        if not isinstance(r.sensitivity, SensitivityTable):
+            raise ProblemError("objective sensitivity needs a sensitivity table (sparsity-planner sensitivity, "
+                               "or --calibration / --dataset with --model)")
+    elif r.sensitivity is not None:
+        raise ProblemError("a sensitivity table is used by objective sensitivity only")
+    if r.solver == PAPER_SOLVER and (r.objective != "bound" or r.bound_floor is not None):
+        raise ProblemError("the paper's procedure maximizes the bound alone: no --objective sensitivity "
+                           "or --bound-floor with --solver paper")
     if isinstance(r.grid, bool) or not isinstance(r.grid, int) or r.grid < 1:
         raise ProblemError(f"grid size must be a positive integer, got {r.grid!r}")
     check_int(r.grid, "grid size", 1, MAX_GRID)

@@ -1,7 +1,7 @@
 """The ``sparsity-planner`` command line: thin commands that parse, call the library, print.
 
 One module per command (``bound``, ``plan``, ``apply``, ``export``, ``compare``,
-``count_regions``), registered in :data:`COMMANDS` and imported only when listed or run;
+``count_regions``, ``sensitivity``), registered in :data:`COMMANDS` and imported only when listed or run;
 ``common`` holds what they share. :func:`main` turns every library error into one line on
 stderr and exit code 2.
 """
@@ -26,6 +26,7 @@ COMMANDS = {
     "count-regions": "planner.cli.count_regions:count_regions_command",
     "export": "planner.cli.export:export_command",
     "plan": "planner.cli.plan:plan_command",
+    "sensitivity": "planner.cli.sensitivity:sensitivity_command",
 }
 
 

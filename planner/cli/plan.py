@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import click
 
-from planner.allocation import INTEGER_SEARCHES, STRATEGIES, TIE_BREAKS
+from planner.allocation import INTEGER_SEARCHES, OBJECTIVES, STRATEGIES, TIE_BREAKS
 from planner.limits import DEFAULT_TIME_LIMIT, MAX_GRID, MAX_THREADS
+from planner.cli.sensitivity import data_options
 from planner.cli.common import (
     FiniteFloat,
     TimeLimit,
@@ -26,9 +27,12 @@ from planner.cli.common import (
 
 #: options that are fields of PlanRequest, passed through under the same name
 REQUEST_OPTIONS = ("density", "keep", "solver", "rank_model", "input_dim", "seed", "grid", "min_density",
-                   "max_density", "max_flops", "tie_break", "integer", "time_limit", "threads")
-#: what limits the baselines ignore
-LR_BOUND_ONLY = ("min_density", "max_density", "max_flops")
+                   "max_density", "max_flops", "tie_break", "integer", "objective", "bound_floor", "time_limit",
+                   "threads")
+#: what the baselines ignore
+LR_BOUND_ONLY = ("min_density", "max_density", "max_flops", "bound_floor")
+#: where the sensitivity objective's table comes from (besides --sensitivity FILE)
+DATA_OPTIONS = ("calibration", "labels", "dataset", "data_dir", "samples")
 
 
 @click.command(name="plan")
@@ -52,6 +56,15 @@ LR_BOUND_ONLY = ("min_density", "max_density", "max_flops")
 @click.option("--integer", type=click.Choice(INTEGER_SEARCHES), default="auto", show_default=True,
               help="Search integer keep-counts after the grid: auto scores every integer plan when there "
                    "are few, else searches locally; local; off keeps the grid plan.")
+@click.option("--objective", type=click.Choice(OBJECTIVES), default="bound", show_default=True,
+              help="bound: maximize the linear-region bound; sensitivity: minimize the summed measured loss "
+                   "increase of every prunable layer (needs --model and --sensitivity or calibration data).")
+@click.option("--bound-floor", default=None,
+              help="Keep the bound within X bits (e.g. 2) or X% (e.g. 5%) of the best grid plan's; among those "
+                   "plans the tie-break (objective bound) or the sensitivity decides.")
+@click.option("--sensitivity", "sensitivity_path", type=click.Path(dir_okay=False), default=None,
+              help="Sensitivity table from `sparsity-planner sensitivity -o` (objective sensitivity).")
+@with_options(data_options)
 @click.option("--time-limit", type=TimeLimit(), default=DEFAULT_TIME_LIMIT, show_default=True,
               help="Wall-clock seconds the integer program may take; inf lifts the limit.")
 @click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=1, show_default=True,
@@ -61,7 +74,7 @@ LR_BOUND_ONLY = ("min_density", "max_density", "max_flops")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the plan file here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan file to stdout instead of a table.")
 def plan_command(arch, model_spec, weights, input_shape, strategy, prune_output, cache_dir, no_cache, workers,
-                 output, as_json, **request_options):
+                 output, as_json, sensitivity_path, **request_options):
     """Plan per-layer densities that maximize the expected linear-region bound.
 
     The network is --arch (sizes) or --model (a torch model factory, optionally --weights).
@@ -69,6 +82,7 @@ def plan_command(arch, model_spec, weights, input_shape, strategy, prune_output,
     from planner.core.arch import Architecture
 
     o = request_options
+    data = {k: o.pop(k) for k in DATA_OPTIONS}
     if (arch is None) == (model_spec is None):
         raise click.UsageError("give exactly one of --arch (e.g. 784,300,100,10) and --model (package.module:factory)")
     weight_arrays = kernel_shapes = None
@@ -88,13 +102,47 @@ def plan_command(arch, model_spec, weights, input_shape, strategy, prune_output,
         weight_arrays, kernel_shapes = model_weights(model, layers)
     if (o["density"] is None) == (o["keep"] is None):
         raise click.UsageError("give exactly one of --density and --keep")
+    if o["bound_floor"] is not None:
+        from planner.allocation.secondary import BoundFloor
+        from planner.errors import ProblemError
+
+        try:
+            BoundFloor.parse(o["bound_floor"])
+        except ProblemError as exc:
+            raise click.BadParameter(str(exc), param_hint="--bound-floor") from None
+    given_data = any(data[k] is not None for k in ("calibration", "labels", "dataset"))
+    if o["objective"] != "sensitivity" and (sensitivity_path is not None or given_data):
+        raise click.UsageError("--sensitivity, --calibration and --dataset go with --objective sensitivity")
+    if o["objective"] == "sensitivity":
+        if strategy != "lr-bound":
+            raise click.UsageError("--objective sensitivity is a plan of --strategy lr-bound")
+        if model_spec is None:
+            raise click.UsageError("--objective sensitivity measures a model's layers: give --model (and --weights)")
+        if (sensitivity_path is None) == (not given_data):
+            raise click.UsageError("--objective sensitivity needs --sensitivity TABLE.json, or calibration data "
+                                   "(--calibration X.npy --labels y.npy, or --dataset NAME), not both")
     check_output(output)
     cache = make_cache(cache_dir, no_cache)
+    table_ = None
+    if o["objective"] == "sensitivity":
+        from planner.allocation.sensitivity import DEFAULT_MIN_DENSITY, DEFAULT_STEPS, SensitivityTable
+
+        if sensitivity_path is not None:
+            table_ = SensitivityTable.load(sensitivity_path)
+        else:
+            from planner.cli.sensitivity import measure_from_options
+
+            lowest = min(DEFAULT_MIN_DENSITY, (o["density"] or o["keep"] / sum(w.size for w in layers if not w.frozen))
+                         / 32)
+            table_ = measure_from_options(model_spec, weights, input_shape, data["calibration"], data["labels"],
+                                          data["dataset"], data["data_dir"], data["samples"], "magnitude",
+                                          DEFAULT_STEPS, lowest, 0, cache_dir, no_cache, not as_json)
     if strategy != "lr-bound":
         from planner.allocation.baselines import baseline_plan
 
         if any(o[k] is not None for k in LR_BOUND_ONLY):
-            raise click.UsageError("--min-density, --max-density and --max-flops apply to --strategy lr-bound only")
+            raise click.UsageError("--min-density, --max-density, --max-flops and --bound-floor apply to "
+                                   "--strategy lr-bound only")
         result = baseline_plan(strategy, net, layers=layers, architecture_info=info, density=o["density"],
                                keep=o["keep"], weights=weight_arrays, kernel_shapes=kernel_shapes,
                                prune_output=prune_output, rank_model=o["rank_model"], input_dim=o["input_dim"],
@@ -104,7 +152,7 @@ def plan_command(arch, model_spec, weights, input_shape, strategy, prune_output,
         from planner.allocation.request import PlanRequest
 
         request = PlanRequest.build(net, layers=layers, prune_output=prune_output, architecture_info=info,
-                                    **{k: o[k] for k in REQUEST_OPTIONS})
+                                    sensitivity=table_, **{k: o[k] for k in REQUEST_OPTIONS})
         with progress_bars(not as_json) as progress:
             result = run(request, cache=cache, workers=workers, progress=progress)
     if output is not None:
@@ -131,14 +179,21 @@ def print_plan(result) -> None:
     click.echo(f"{head}strategy {result.strategy}  rank model {obj.get('rank_model')} (seed {result.seed})"
                f"  d0 = {result.input_dim}")
     table(None, [("layer", "left"), ("shape", "right"), ("keep", "right"), ("density", "right"),
-                 ("expected rank", "right"), ("", "left")],
+                 ("expected rank", "right"), ("rule", "left")],
           [[layer.name, f"{layer.rows}x{layer.cols}", str(layer.keep), fmt_density(layer.density),
             "" if layer.expected_rank is None else f"{layer.expected_rank:.2f}",
-            "frozen" if layer.frozen else ("" if layer.in_bound else "outside the bound")]
+            layer.rule or ("frozen" if layer.frozen else ("" if layer.in_bound else "outside the bound"))]
            for layer in result.layers])
     click.echo(f"kept {result.kept} of {result.prunable} prunable weights (density {result.global_density:.4f})")
+    if obj.get("predicted_loss_increase") is not None:
+        uniform = obj.get("uniform_predicted_loss_increase")
+        click.echo(f"loss increase       {obj['predicted_loss_increase']:+.4f} (sum of measured single-layer increases"
+                   + (f"; uniform {uniform:+.4f})" if uniform is not None else ")"))
     if obj.get("log2_bound") is not None:
         click.echo(f"log2 bound          {obj['log2_bound']:.4f}")
+    if obj.get("floor_log2_bound") is not None:
+        click.echo(f"bound floor         {obj['floor_log2_bound']:.4f} ({obj.get('bound_floor')} below the best "
+                   f"plan's {obj['best_log2_bound']:.4f})")
     if obj.get("uniform_log2_bound") is not None:
         click.echo(f"uniform log2 bound  {obj['uniform_log2_bound']:.4f}")
     if obj.get("certificate_log2_upper") is not None:

@@ -1,0 +1,334 @@
+"""Second criteria: the bound as a floor (``--bound-floor``) and measured sensitivity
+(``--objective sensitivity``).
+
+Bound floor, objective ``bound``
+    Every grid plan of the bound chain that meets the budgets is scored on the exact bound
+    (suffixes shared, as in the exhaustive integer search); those within the floor of the best
+    of them (``X`` bits, or ``X%`` of its log2 value) are kept, and among them the tie-break
+    decides: the one nearest the prior under ``prior:*``, the most robust under ``robust*``,
+    the highest bound under ``none``. The left-over weights are then handed out as usual. The
+    uniform plan is no floor here: the user's tolerance is.
+
+Objective ``sensitivity``
+    Every prunable layer (in the bound or not) chooses among its measured keep-counts (and the
+    uniform plan's, interpolated) the one that minimizes the summed loss increase
+    sum_l [loss_l(keep_l) - dense loss] of a :class:`SensitivityTable`, under the weight budget
+    and every further budget: a multiple-choice knapsack, solved exactly by CP-SAT (values
+    scaled by 1e6 and rounded). With ``--bound-floor`` the chain's choices are restricted to
+    the combinations whose exact bound is within the floor of the best combination that fits
+    the budget (an allowed-assignments constraint), so both criteria hold at once. Left-over
+    weights go, a segment at a time, where the interpolated loss falls most per weight.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+
+from planner.allocation.request import Target
+from planner.core.bound import LN2, input_dims, layer_log_r
+from planner.errors import InfeasibleError, LimitError, ProblemError, SolverError
+
+#: at most this many chain combinations are scored for a bound floor
+FLOOR_MAX_COMBINATIONS = 250_000
+#: sensitivity values are multiplied by this and rounded for CP-SAT
+SENSITIVITY_SCALE = 1_000_000
+
+
+@dataclass(frozen=True)
+class BoundFloor:
+    """Within ``value`` bits of the best bound, or within ``value`` (a fraction) of it."""
+
+    value: float
+    relative: bool = False
+
+    @classmethod
+    def parse(cls, text) -> "BoundFloor":
+        """``"2"`` (bits), ``"5%"`` (of the best log2 bound), or a number (bits)."""
+        if isinstance(text, BoundFloor):
+            return text
+        if isinstance(text, bool):
+            raise ProblemError(f"bound floor must be bits (e.g. 2) or a percentage (e.g. 5%), got {text!r}")
+        relative = isinstance(text, str) and text.strip().endswith("%")
+        raw = text.strip()[:-1] if relative else text
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise ProblemError(f"bound floor must be bits (e.g. 2) or a percentage (e.g. 5%), got {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (relative and value > 100):
+            raise ProblemError(f"bound floor must be a finite number of bits >= 0 or a percentage in [0, 100], "
+                               f"got {text!r}")
+        return cls(value / 100.0 if relative else value, relative)
+
+    def floor(self, best_bits: float) -> float:
+        return best_bits * (1.0 - self.value) if self.relative else best_bits - self.value
+
+    def __str__(self) -> str:
+        return f"{self.value * 100:g}%" if self.relative else f"{self.value:g} bits"
+
+
+def chain_bounds(widths, input_dim: int, lists, dist, decision, limit: int, extras=(), progress=None):
+    """{keeps tuple: log2 bound} of every chain combination (``lists[i]`` the keep-counts of
+    layer ``i``, ``dist(i, j)`` the distribution of its ``j``-th) whose decision layers keep at
+    most ``limit`` weights and meet every further budget (``extras``: (per-layer costs, limit)).
+    Suffixes of the recurrence are shared, so each combination costs one layer step."""
+    n = len(lists)
+    count = math.prod(len(ks) for ks in lists)
+    if count > FLOOR_MAX_COMBINATIONS:
+        raise LimitError(f"a bound floor scores every combination of the chain's candidates: {count} here, "
+                         f"above {FLOOR_MAX_COMBINATIONS}; give a coarser --grid")
+    dims = input_dims(widths, input_dim)
+    dec = set(decision)
+    # the least the layers before i can spend, to prune suffixes that already overspend
+    least = [sum(min(lists[j]) for j in range(i) if j in dec) for i in range(n)]
+    least_extra = [[sum(min(lists[j]) * costs[j] for j in range(i) if j in dec) for costs, _ in extras]
+                   for i in range(n)]
+    out: dict[tuple, float] = {}
+    done = [0]
+
+    def rec(i, log_r_next, used, used_extra, suffix):
+        for j, k in enumerate(lists[i]):
+            u = used + (k if i in dec else 0)
+            ue = [a + (k * costs[i] if i in dec else 0) for a, (costs, _) in zip(used_extra, extras)]
+            if u + least[i] > limit or any(a + b > lim for a, b, (_, lim) in zip(ue, least_extra[i], extras)):
+                continue
+            vec = layer_log_r(widths[i], dist(i, j), dims[i], log_r_next, i)
+            keeps = (k,) + suffix
+            if i == 0:
+                out[keeps] = float(vec[input_dim]) / LN2
+                done[0] += 1
+                if progress is not None and done[0] % 512 == 0:
+                    progress("bound floor", done[0], count)
+            else:
+                rec(i - 1, vec, u, ue, keeps)
+
+    rec(n - 1, None, 0, [0] * len(extras), ())
+    return out
+
+
+# ------------------------------------------------------------------------ objective bound
+
+
+def allocate_floor(target: Target, built, floor: BoundFloor, *, cache=None, workers=None, progress=None):
+    """The chain's keep-counts under a bound floor on the grid, objective ``bound``. Returns
+    ``(keeps, best_bits, floor_bits)``: the best grid plan's bound and the floor it set."""
+    from planner.allocation.pipeline import prior_keeps
+    from planner.allocation.scoring import Scorer
+    from planner.allocation.search import fill
+
+    from planner.allocation.integer import _prefetch_pairs
+    from planner.allocation.pipeline import keep_scorer
+
+    r, chain, problem = target.request, target.chain, built.problem
+    # the floor is on the plan file's bound (every layer at keep / size: ``KeepScorer``); the
+    # robust levels come from the grid (``Scorer``: halved plans are grid plans)
+    kscorer = keep_scorer(target, cache)
+    scorer = Scorer(problem, built.cands, built.grid, r.rank_model, r.seed, cache, r.tie_break, prior_keeps(target))
+    decision = [i for i, w in enumerate(chain) if not w.frozen]
+    lists = [list(layer.keeps) for layer in problem.layers]
+    index = [{k: j for j, k in enumerate(ks)} for ks in lists]
+    extras = [(costs, left) for costs, left in zip(target.extra_costs(), target.extra_left())]
+    _prefetch_pairs(kscorer, [(i, k) for i, ks in enumerate(lists) for k in ks], workers, progress)
+    scores = chain_bounds(kscorer.widths, kscorer.input_dim, lists, lambda i, j: kscorer.dist(i, lists[i][j]),
+                          decision, target.chain_budget, extras, progress)
+    if not scores:
+        raise InfeasibleError("no grid plan of the bound chain meets the budgets")
+    best = max(scores.values())
+    floor_bits = floor.floor(best)
+    admitted = sorted(keeps for keeps, bits in scores.items() if bits >= floor_bits - 1e-9)
+    choices = {keeps: tuple(index[i][k] for i, k in enumerate(keeps)) for keeps in admitted}
+    for keeps in admitted:
+        scorer.remember(choices[keeps], scores[keeps])
+    chosen = admitted[0]
+    for keeps in admitted[1:]:
+        if _secondary_better(scorer, choices[keeps], choices[chosen]):
+            chosen = keeps
+    # the left-over weights: in proportion (as without a floor), else all to one layer, the
+    # first way that keeps the floor (a sampled bound need not rise with every added weight)
+    ways = [fill(problem, list(chosen), chain, extras, target.max_keep)]
+    for i in decision:
+        only_i = {w.name: target.max_keep[w.name] if j == i else chosen[j] for j, w in enumerate(chain) if not w.frozen}
+        ways.append(fill(problem, list(chosen), chain, extras, only_i))
+    keeps = next((k for k in ways if kscorer.exact(tuple(k)) >= floor_bits - 1e-9), list(chosen))
+    return keeps, best, floor_bits
+
+
+def _secondary_better(scorer, a, b) -> bool:
+    """Under a floor the bound is a constraint: compare the tie-break's own levels first
+    (distance to the prior, or the halved bounds), then the bound itself."""
+    from planner.allocation.scoring import ROBUST_LEVELS
+
+    if scorer.tie_break == "none":
+        return scorer.level(a, 0) > scorer.level(b, 0)
+    levels = 2 if scorer.by_prior else ROBUST_LEVELS
+    for i in [*range(1, levels), 0]:
+        ra, rb = scorer._step_level(a, i), scorer._step_level(b, i)
+        if ra != rb:
+            return ra > rb
+    return False
+
+
+# -------------------------------------------------------------------- objective sensitivity
+
+
+@dataclass
+class SensitivityAllocation:
+    keeps: dict  # every prunable layer's keep-count
+    predicted: float  # summed loss increase at ``keeps`` (interpolated)
+    uniform_predicted: float | None
+    best_bits: float | None  # with a floor: the best chain bound that fits, and the floor
+    floor_bits: float | None
+    status: str
+    message: str = ""
+
+
+def sensitivity_candidates(target: Target, table) -> dict[str, list[int]]:
+    """Per prunable layer: its measured keep-counts within its limits, and the uniform plan's."""
+    out = {}
+    for w in target.prunable:
+        measured = table.layer(w.name).keeps
+        lo, hi = target.min_keep[w.name], min(target.max_keep[w.name], w.size)
+        ks = {k for k in measured if lo <= k <= hi}
+        u = target.uniform[w.name]
+        if lo <= u <= hi and measured[0] <= u <= measured[-1]:
+            ks.add(u)
+        if not ks:
+            raise InfeasibleError(f"layer {w.name}: no measured keep-count lies within its limits [{lo}, {hi}]; "
+                                  f"the table covers [{measured[0]}, {measured[-1]}]")
+        out[w.name] = sorted(ks)
+    return out
+
+
+def allocate_sensitivity(target: Target, table, floor: BoundFloor | None = None, *, cache=None,
+                         workers=None, progress=None) -> SensitivityAllocation:
+    """Minimize the summed measured loss increase under every budget (and the bound floor)."""
+    from planner.allocation.pipeline import keep_scorer
+    from planner.allocation.integer import _prefetch_pairs
+
+    r = target.request
+    table.check_layers(target.prunable)
+    prunable = target.prunable
+    cands = sensitivity_candidates(target, table)
+    values = {w.name: [table.increase(w.name, k) for k in cands[w.name]] for w in prunable}
+    allowed = None
+    best_bits = floor_bits = None
+    chain_pos = [i for i, w in enumerate(prunable) if w.in_bound]
+    if floor is not None:
+        chain = target.chain
+        scorer = keep_scorer(target, cache)
+        lists = [[w.size] if w.frozen else cands[w.name] for w in chain]
+        _prefetch_pairs(scorer, [(i, k) for i, ks in enumerate(lists) for k in ks], workers, progress)
+        outside = [w for w in prunable if not w.in_bound]
+        left = target.budget - sum(cands[w.name][0] for w in outside)
+        decision = [i for i, w in enumerate(chain) if not w.frozen]
+        extras = [([0 if w.frozen else int(e.cost.get(w.name, 0)) for w in chain],
+                   e.limit - sum(cands[w.name][0] * e.cost.get(w.name, 0) for w in outside)) for e in target.extras]
+        scores = chain_bounds(scorer.widths, scorer.input_dim, lists, lambda i, j: scorer.dist(i, lists[i][j]),
+                              decision, left, extras, progress)
+        if not scores:
+            raise InfeasibleError("no combination of the chain's measured keep-counts meets the budgets")
+        best_bits = max(scores.values())
+        floor_bits = floor.floor(best_bits)
+        allowed = sorted(tuple(cands[chain[i].name].index(keeps[i]) for i in decision)
+                         for keeps, bits in scores.items() if bits >= floor_bits - 1e-9)
+    choice, status, message = _solve_mckp(target, cands, values, chain_pos, allowed)
+    keeps = {w.name: cands[w.name][c] for w, c in zip(prunable, choice)}
+    keeps = _fill(target, table, keeps, cands, frozen_names=set() if floor is None else
+                  {w.name for w in prunable if w.in_bound})
+    predicted = sum(table.increase(n, k) for n, k in keeps.items())
+    uniform_predicted = None
+    if target.uniform_fits() and all(cands[w.name][0] <= target.uniform[w.name] <= table.layer(w.name).keeps[-1]
+                                      and table.layer(w.name).keeps[0] <= target.uniform[w.name]
+                                      for w in prunable):
+        uniform_predicted = sum(table.increase(w.name, target.uniform[w.name]) for w in prunable)
+    return SensitivityAllocation(keeps, predicted, uniform_predicted, best_bits, floor_bits, status, message)
+
+
+def _solve_mckp(target: Target, cands, values, chain_pos, allowed):
+    """One candidate per prunable layer minimizing the scaled summed value under the budgets;
+    ``allowed``: the permitted index tuples of the chain's decision layers (or None)."""
+    from ortools.sat.python import cp_model
+
+    from solvers.base import run_interruptible
+
+    r, prunable = target.request, target.prunable
+    model = cp_model.CpModel()
+    xs = []
+    for w in prunable:
+        x = [model.new_bool_var(f"x[{w.name},{c}]") for c in range(len(cands[w.name]))]
+        model.add_exactly_one(x)
+        xs.append(x)
+    model.add(sum(k * xc for w, x in zip(prunable, xs) for k, xc in zip(cands[w.name], x)) <= target.budget)
+    for e in target.extras:
+        model.add(sum(int(e.cost.get(w.name, 0)) * k * xc for w, x in zip(prunable, xs)
+                      for k, xc in zip(cands[w.name], x)) <= int(e.limit))
+    if allowed is not None:
+        idx = []
+        for p in chain_pos:
+            w, x = prunable[p], xs[p]
+            v = model.new_int_var(0, len(x) - 1, f"c[{w.name}]")
+            model.add(v == sum(c * xc for c, xc in enumerate(x)))
+            idx.append(v)
+        model.add_allowed_assignments(idx, allowed)
+    model.minimize(sum(int(round(v * SENSITIVITY_SCALE)) * xc for w, x in zip(prunable, xs)
+                       for v, xc in zip(values[w.name], x)))
+    solver = cp_model.CpSolver()
+    solver.parameters.num_workers = 1
+    solver.parameters.random_seed = int(r.seed)
+    solver.parameters.catch_sigint_signal = False
+    if r.time_limit is not None:
+        solver.parameters.max_time_in_seconds = float(r.time_limit)
+    started = time.monotonic()
+    status = run_interruptible(lambda: solver.solve(model), solver.stop_search)
+    if status == cp_model.INFEASIBLE:
+        raise InfeasibleError("no choice of measured keep-counts meets the budgets" +
+                              (" and the bound floor" if allowed is not None else ""))
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        raise SolverError(f"cpsat found no plan for the sensitivity objective ({solver.status_name(status)})")
+    choice = [next(c for c, xc in enumerate(x) if solver.boolean_value(xc)) for x in xs]
+    message = ""
+    if status == cp_model.FEASIBLE:
+        message = f"time limit of {r.time_limit:g} s reached after {time.monotonic() - started:.0f} s"
+    return choice, ("OPTIMAL" if status == cp_model.OPTIMAL else "FEASIBLE"), message
+
+
+def _fill(target: Target, table, keeps: dict, cands, frozen_names=frozenset()) -> dict:
+    """Hand out the weights the measured keep-counts left over: each round adds, to the layer
+    where the interpolated loss falls most per weight, up to its next measured keep-count (or
+    what is left), within its maximum and every further budget. Layers in ``frozen_names`` (the
+    chain under a bound floor) are left as chosen."""
+    keeps = dict(keeps)
+    left = target.budget - sum(keeps.values())
+    extra_left = [e.limit - sum(keeps[w.name] * e.cost.get(w.name, 0) for w in target.prunable) for e in target.extras]
+    while left > 0:
+        best = None
+        for w in target.prunable:
+            if w.name in frozen_names:
+                continue
+            k = keeps[w.name]
+            measured = table.layer(w.name).keeps
+            cap = min(target.max_keep[w.name], w.size, measured[-1])
+            nxt = next((m for m in measured if m > k), cap)
+            add = min(left, nxt - k, cap - k)
+            for e, room in zip(target.extras, extra_left):
+                cost = int(e.cost.get(w.name, 0))
+                if cost > 0:
+                    add = min(add, room // cost)
+            if add <= 0:
+                continue
+            gain = (table.increase(w.name, k) - table.increase(w.name, k + add)) / add
+            if best is None or gain > best[0] + 1e-15:
+                best = (gain, w, add)
+        if best is None:
+            break
+        _, w, add = best
+        keeps[w.name] += add
+        left -= add
+        extra_left = [room - add * int(e.cost.get(w.name, 0)) for e, room in zip(target.extras, extra_left)]
+    return keeps
+
+
+def with_fixed(target: Target, keeps: dict) -> Target:
+    """The target with the layers outside the bound at ``keeps`` (for :func:`assemble`)."""
+    return replace(target, fixed={n: keeps[n] for n in target.fixed})

@@ -111,14 +111,35 @@ def chain_bounds(widths, input_dim: int, lists, dist, decision, limit: int, extr
 
 
 def allocate_floor(target: Target, built, floor: BoundFloor, *, cache=None, workers=None, progress=None):
-    """The chain's keep-counts under a bound floor on the grid, objective ``bound``. Returns
-    ``(keeps, best_bits, floor_bits)``: the best grid plan's bound and the floor it set."""
-    from planner.allocation.pipeline import prior_keeps
-    from planner.allocation.scoring import Scorer
+    """The chain's keep-counts under a bound floor on the grid, objective ``bound``: the grid
+    plan :func:`choose_floor` picks, with the left-over weights handed out. Returns ``(keeps,
+    best_bits, floor_bits)``: the best grid plan's bound and the floor it set."""
+    from planner.allocation.pipeline import keep_scorer
     from planner.allocation.search import fill
 
+    chain, problem = target.chain, built.problem
+    chosen, best, floor_bits = choose_floor(target, built, floor, cache=cache, workers=workers, progress=progress)
+    kscorer = keep_scorer(target, cache)
+    extras = [(costs, left) for costs, left in zip(target.extra_costs(), target.extra_left())]
+    # the left-over weights: in proportion (as without a floor), else all to one layer, the
+    # first way that keeps the floor (a sampled bound need not rise with every added weight)
+    ways = [fill(problem, list(chosen), chain, extras, target.max_keep)]
+    for i, w in enumerate(chain):
+        if not w.frozen:
+            only_i = {v.name: target.max_keep[v.name] if j == i else chosen[j]
+                      for j, v in enumerate(chain) if not v.frozen}
+            ways.append(fill(problem, list(chosen), chain, extras, only_i))
+    keeps = next((k for k in ways if kscorer.exact(tuple(k)) >= floor_bits - 1e-9), list(chosen))
+    return keeps, best, floor_bits
+
+
+def choose_floor(target: Target, built, floor: BoundFloor, *, cache=None, workers=None, progress=None):
+    """Among the grid plans meeting the budgets whose exact bound (at keep / size) is within
+    ``floor`` of the best, the tie-break's choice (then the higher bound, then the
+    lexicographically smallest). Returns ``(keeps, best_bits, floor_bits)``."""
     from planner.allocation.integer import _prefetch_pairs
-    from planner.allocation.pipeline import keep_scorer
+    from planner.allocation.pipeline import keep_scorer, prior_keeps
+    from planner.allocation.scoring import Scorer
 
     r, chain, problem = target.request, target.chain, built.problem
     # the floor is on the plan file's bound (every layer at keep / size: ``KeepScorer``); the
@@ -144,14 +165,7 @@ def allocate_floor(target: Target, built, floor: BoundFloor, *, cache=None, work
     for keeps in admitted[1:]:
         if _secondary_better(scorer, choices[keeps], choices[chosen]):
             chosen = keeps
-    # the left-over weights: in proportion (as without a floor), else all to one layer, the
-    # first way that keeps the floor (a sampled bound need not rise with every added weight)
-    ways = [fill(problem, list(chosen), chain, extras, target.max_keep)]
-    for i in decision:
-        only_i = {w.name: target.max_keep[w.name] if j == i else chosen[j] for j, w in enumerate(chain) if not w.frozen}
-        ways.append(fill(problem, list(chosen), chain, extras, only_i))
-    keeps = next((k for k in ways if kscorer.exact(tuple(k)) >= floor_bits - 1e-9), list(chosen))
-    return keeps, best, floor_bits
+    return list(chosen), best, floor_bits
 
 
 def _secondary_better(scorer, a, b) -> bool:
@@ -206,7 +220,6 @@ def allocate_sensitivity(target: Target, table, floor: BoundFloor | None = None,
     from planner.allocation.pipeline import keep_scorer
     from planner.allocation.integer import _prefetch_pairs
 
-    r = target.request
     table.check_layers(target.prunable)
     prunable = target.prunable
     cands = sensitivity_candidates(target, table)

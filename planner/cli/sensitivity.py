@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from planner.cli.common import check_output, load_model, model_options, print_json, progress_bars, table, with_options
+from planner.cli.common import check_output, load_model, model_options, progress_bars, table, with_options
 from planner.limits import MAX_SEED
 
 #: densities shown in the summary table (the full table goes to -o / --csv)

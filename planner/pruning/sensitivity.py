@@ -84,7 +84,6 @@ def check_calibration(X, y, input_shape: Sequence[int] | None = None):
 
 def _evaluate(model, X, y) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) over the whole set, in fixed batches (sums in float64)."""
-    import torch
     import torch.nn.functional as F
 
     loss_sum, correct = 0.0, 0

@@ -7,7 +7,10 @@ each layer (``apply_plan``), fine-tune it with the masks held fixed (the torch p
 recall. The output layer stays dense under every strategy, as in the paper.
 
 Strategies: ``lr-bound`` (the planner, default tie-break ``robust``), ``lr-bound:<tie-break>``
-(``robust``, ``robust-analytic``, ``none``) and the baselines of :mod:`planner.allocation.baselines`
+(``robust``, ``robust-analytic``, ``prior:uniform``, ``prior:erk``, ``none``), any of those with
+``@<floor>`` (the bound within that many bits, or percent, of the best; e.g.
+``lr-bound:prior:erk@2``), ``lr-bound:sensitivity[@<floor>]`` (objective sensitivity, measured on
+the dense model and the training set) and the baselines of :mod:`planner.allocation.baselines`
 (``uniform``, ``uniform-plus``, ``erk``, ``global``, ``lamp``; ``global`` and ``lamp`` rank the
 trained weights).
 
@@ -44,24 +47,58 @@ class ExperimentError(PlannerError, ValueError):
 # ------------------------------------------------------------------------------ strategies
 
 
+#: what plain ``lr-bound`` means: ``plan``'s default bound-guided strategy
+LR_BOUND_DEFAULT = "robust"
+
+
+def lr_bound_options(name: str) -> dict:
+    """The plan options of an ``lr-bound`` variant: ``lr-bound`` (plan's default),
+    ``lr-bound:<tie-break>``, ``lr-bound:<tie-break>@<floor>`` (the bound within ``floor`` bits,
+    or ``floor%``, of the best grid plan, the tie-break choosing among those plans),
+    ``lr-bound:sensitivity`` and ``lr-bound:sensitivity@<floor>`` (objective sensitivity,
+    measured on the dense model and the training set)."""
+    text = str(name).strip()
+    kind, _, rest = text.partition(":")
+    if kind != "lr-bound":
+        raise ExperimentError(f"{text!r} is not an lr-bound strategy")
+    variant, at, floor = (rest or LR_BOUND_DEFAULT).partition("@")
+    options: dict = {}
+    if at:
+        from planner.allocation.secondary import BoundFloor
+        from planner.errors import ProblemError
+
+        try:
+            BoundFloor.parse(floor)
+        except ProblemError as exc:
+            raise ExperimentError(f"strategy {text!r}: {exc}") from None
+        options["bound_floor"] = floor
+    if variant == "sensitivity":
+        return {"objective": "sensitivity", **options}
+    return {"tie_break": variant, **options}
+
+
 def parse_strategy(name: str) -> tuple[str, str | None]:
-    """``(kind, tie_break)``: ``("lr-bound", "robust")`` for ``lr-bound`` and
-    ``lr-bound:<tie-break>``, ``(baseline, None)`` for a baseline."""
+    """``(kind, variant)``: ``("lr-bound", "robust")`` for ``lr-bound``, ``("lr-bound",
+    "<variant>")`` for ``lr-bound:<variant>`` (a tie-break or ``sensitivity``, optionally
+    ``@<floor>``), ``(baseline, None)`` for a baseline."""
     from planner.allocation.request import TIE_BREAKS
     from planner.allocation.baselines import BASELINES
 
     text = str(name).strip()
     kind, _, tie = text.partition(":")
     if kind == "lr-bound":
-        tie = tie or "robust"
-        if tie not in TIE_BREAKS:
+        tie = tie or LR_BOUND_DEFAULT
+        variant = tie.partition("@")[0]
+        if variant not in TIE_BREAKS and variant != "sensitivity":
             raise ExperimentError(f"unknown tie-break in strategy {text!r}; use lr-bound:"
-                                  f"{'|'.join(TIE_BREAKS)}")
+                                  f"{'|'.join((*TIE_BREAKS, 'sensitivity'))}[@floor]")
+        lr_bound_options(text)
         return kind, tie
     if kind in BASELINES and not tie:
         return kind, None
-    choices = ["lr-bound", *(f"lr-bound:{t}" for t in TIE_BREAKS), *BASELINES]
-    raise ExperimentError(f"unknown strategy {text!r}; choose from {', '.join(choices)}")
+    choices = ["lr-bound", *(f"lr-bound:{t}" for t in TIE_BREAKS), "lr-bound:sensitivity", *BASELINES]
+    raise ExperimentError(f"unknown strategy {text!r}; choose from {', '.join(choices)} "
+                          "(lr-bound variants also take @<bound floor>, e.g. lr-bound:prior:erk@2)")
 
 
 def parse_strategies(strategies: str | Iterable[str]) -> list[str]:
@@ -114,17 +151,50 @@ def _check_seeds(seeds) -> list[int]:
 
 
 def strategy_plan(strategy: str, arch, density: float, *, seed: int, rank_model: str = "sampled",
-                  weights=None, cache=None, workers: int | None = None):
-    """The plan of one strategy at one global density (output layer frozen dense)."""
+                  weights=None, cache=None, workers: int | None = None, model=None, calibration=None):
+    """The plan of one strategy at one global density (output layer frozen dense).
+    ``lr-bound:sensitivity`` measures the dense ``model`` on ``calibration`` (inputs, labels)."""
     from planner.allocation.pipeline import plan as make_plan
     from planner.allocation.baselines import baseline_plan
 
-    kind, tie = parse_strategy(strategy)
+    kind, _ = parse_strategy(strategy)
     if kind == "lr-bound":
-        return make_plan(arch, density=density, rank_model=rank_model, tie_break=tie, seed=seed, cache=cache,
-                         workers=workers)
+        options = lr_bound_options(strategy)
+        if options.get("objective") == "sensitivity":
+            if model is None or calibration is None:
+                raise ExperimentError(f"{strategy} needs the dense model and a calibration set")
+            options["sensitivity"] = _sensitivity_table(model, calibration, density, arch)
+        return make_plan(arch, density=density, rank_model=rank_model, seed=seed, cache=cache, workers=workers,
+                         **options)
     return baseline_plan(kind, arch, density=density, weights=weights, rank_model=rank_model, seed=seed,
                          cache=cache)
+
+
+class Calibration:
+    """A calibration set (inputs, labels) for one dense model, with the sensitivity tables
+    measured on it (one per lowest density, reused by every strategy and density)."""
+
+    def __init__(self, X, y):
+        self.X = X.numpy() if hasattr(X, "numpy") else X
+        self.y = y.numpy() if hasattr(y, "numpy") else y
+        self.tables: dict = {}
+
+
+def _sensitivity_table(model, calibration, density, arch):
+    """The dense model's sensitivity table on the calibration set, down to density / 32 (the
+    grid's reach)."""
+    from planner.allocation.request import layers_from_arch
+    from planner.allocation.sensitivity import DEFAULT_MIN_DENSITY
+    from planner.pruning.sensitivity import measure_sensitivity
+
+    if not isinstance(calibration, Calibration):
+        calibration = Calibration(*calibration)
+    lowest = min(DEFAULT_MIN_DENSITY, density / 32)
+    if lowest not in calibration.tables:
+        layers = layers_from_arch(arch, prune_output=True)
+        calibration.tables[lowest] = measure_sensitivity(model, calibration.X, calibration.y, min_density=lowest,
+                                                         layers=layers)
+    return calibration.tables[lowest]
 
 
 # ------------------------------------------------------------------------------ progress
@@ -310,11 +380,13 @@ def _compare(dataset, arch, densities, strategies, seeds, *, epochs, finetune_ep
             dense_rows.append({"seed": seed, "accuracy": dense_acc, "per_class_recall": dense_recall})
             bar.run_done()
             weights, _ = model_weights(dense, layers_from_arch(net))
+            calibration = Calibration(X_tr, y_tr)
             for density in densities:
                 for strategy in strategies:
                     bar.start(f"seed {seed}: {strategy} at {density:g}", finetune_epochs)
                     p = strategy_plan(strategy, net, density, seed=seed, rank_model=rank_model,
-                                      weights=weights, cache=cache, workers=workers)
+                                      weights=weights, cache=cache, workers=workers, model=dense,
+                                      calibration=calibration)
                     model = copy.deepcopy(dense)
                     apply_plan(model, p, criterion="magnitude")
                     pruned_acc, _ = evaluate(model, X_te, y_te, n_classes)

@@ -6,6 +6,9 @@ import pickle
 
 import pytest
 
+import planner
+import planner.errors
+
 torch = pytest.importorskip("torch")
 
 import planner  # noqa: E402
@@ -42,8 +45,11 @@ def test_introspection_of_example_factories():
     assert [(w.rows, w.cols) for w in head.layers] == [(4096, 1024), (4096, 4096), (10, 4096)]
     with pytest.raises(ModelError, match="input-shape"):
         model_layers(models.lenet5())
-    with pytest.raises(ModelError, match="Linear"):
-        model_layers(torch.nn.Sequential(torch.nn.Linear(4, 3)))
+    # one Linear layer is the output layer alone: frozen, nothing left to plan
+    (only,) = model_layers(torch.nn.Sequential(torch.nn.Linear(4, 3))).layers
+    assert only.frozen and only.why == "output layer"
+    with pytest.raises(planner.errors.ProblemError, match="nothing to prune"):
+        planner.plan(torch.nn.Sequential(torch.nn.Linear(4, 3)), density=0.5)
 
 
 def test_apply_follows_torch_pruning_habits(mlp):

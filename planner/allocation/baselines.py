@@ -168,7 +168,8 @@ def baseline_plan(
                            "give a larger density or --keep")
     keeps = baseline_keeps(strategy, layers, budget, weights=weights, kernel_shapes=kernel_shapes)
     chain = [w for w in layers if w.in_bound]
-    d0 = input_dim or architecture_info.get("input_size") or (arch.input_size if arch is not None else chain[0].cols)
+    d0 = input_dim or architecture_info.get("input_size") or (arch.input_size if arch is not None else
+                                                              (chain[0].cols if chain else None))
     dists = []
     for w in chain:
         k = w.size if w.frozen else keeps[w.name]
@@ -179,7 +180,8 @@ def baseline_plan(
     bits = log_bound([w.rows for w in chain], dists, d0) / LN2 if chain else None
     rank_of = {w.name: d.expected_rank for w, d in zip(chain, dists)}
     plan_layers = [PlanLayer(w.name, w.rows, w.cols, w.size if w.frozen else int(keeps[w.name]), w.frozen,
-                             w.in_bound, rank_of.get(w.name)) for w in layers]
+                             w.in_bound, rank_of.get(w.name), "frozen" if w.frozen else strategy,
+                             None if w.in_bound else (w.why or None)) for w in layers]
     objective = {"log2_bound": None if bits is None else round(bits, 6), "rank_model": rank_model}
     target = {"density": density, "keep": budget, "prunable": total}
     return Plan(architecture_info, strategy, target, plan_layers, d0, objective, {}, seed)

@@ -231,10 +231,11 @@ def assemble(target: Target, alloc: Allocation, extra: dict | None = None) -> Pl
         else:
             k = target.fixed[w.name]
         plan_layers.append(PlanLayer(w.name, w.rows, w.cols, int(k), w.frozen, w.in_bound,
-                                     rank_of.get(w.name) if w.in_bound else None, _rule(w, r.objective)))
+                                     rank_of.get(w.name) if w.in_bound else None, _rule(w, r.objective),
+                                     None if w.in_bound else (w.why or None)))
     cert = alloc.certificate
     objective = {
-        "log2_bound": round(alloc.log2_bound, 6),
+        "log2_bound": None if alloc.log2_bound is None else round(alloc.log2_bound, 6),
         "uniform_log2_bound": None if alloc.uniform_log2_bound is None else round(alloc.uniform_log2_bound, 6),
         "certificate_log2_upper": None if cert is None else round(cert, 6),
         "certificate_gap_bits": None if cert is None else round(max(0.0, cert - alloc.log2_bound), 6),
@@ -265,6 +266,8 @@ def run(request: PlanRequest, *, cache: RankCache | None = None, workers: int | 
     """The pipeline on a request. ``cache``, ``workers`` and ``progress`` change how fast the
     plan comes, never which plan: same request, same plan, byte for byte."""
     target = validate(request)
+    if not target.chain:
+        return _run_without_chain(target, cache=cache, workers=workers, progress=progress)
     if request.objective == "sensitivity" or request.bound_floor is not None:
         return _run_secondary(target, cache=cache, workers=workers, progress=progress)
     if request.solver == PAPER_SOLVER:
@@ -284,6 +287,35 @@ def run(request: PlanRequest, *, cache: RankCache | None = None, workers: int | 
     built = build_problem(target, dgrid, cands, cache=cache, workers=workers, progress=progress)
     alloc = allocate(target, built, cache=cache, workers=workers, progress=progress)
     return assemble(target, alloc)
+
+
+def _run_without_chain(target: Target, *, cache=None, workers=None, progress=None) -> Plan:
+    """A network without a ReLU chain: the sensitivity objective plans every layer, else every
+    prunable layer keeps the global density (``rule: global density``, with the reason)."""
+    from planner.allocation.secondary import allocate_sensitivity
+
+    r = target.request
+    extra: dict = {}
+    status, message, name = "FEASIBLE", "no ReLU chain: the bound guides no layer", "none"
+    keeps = dict(target.fixed)
+    if r.objective == "sensitivity":
+        sa = allocate_sensitivity(target, r.sensitivity, None, cache=cache, workers=workers, progress=progress)
+        keeps, status, name = sa.keeps, sa.status, "cpsat"
+        message = "; ".join(m for m in (message, sa.message) if m)
+        extra = {"predicted_loss_increase": round(sa.predicted, 7),
+                 "uniform_predicted_loss_increase": None if sa.uniform_predicted is None
+                 else round(sa.uniform_predicted, 7),
+                 "sensitivity_criterion": r.sensitivity.criterion, "sensitivity_table": r.sensitivity.key}
+    alloc = Allocation([], None, [], None, None, status, message, solver=name)
+    plan_ = assemble(with_fixed_keeps(target, keeps), alloc, extra)
+    plan_.input_dim = None
+    return plan_
+
+
+def with_fixed_keeps(target: Target, keeps: dict) -> Target:
+    from dataclasses import replace
+
+    return replace(target, fixed={n: keeps[n] for n in target.fixed})
 
 
 def _run_secondary(target: Target, *, cache=None, workers=None, progress=None) -> Plan:

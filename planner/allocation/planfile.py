@@ -30,6 +30,7 @@ class PlanLayer:
     expected_rank: float | None = None
     #: what decided the keep-count: "bound", "sensitivity", "global density", "frozen", a baseline
     rule: str | None = None
+    why: str | None = None  # why the layer is outside the bound
 
     @property
     def size(self) -> int:
@@ -57,6 +58,8 @@ class PlanLayer:
             d["expected_rank"] = round(self.expected_rank, 6)
         if self.rule is not None:
             d["rule"] = self.rule
+        if self.why:
+            d["why"] = self.why
         return d
 
 
@@ -179,7 +182,7 @@ class Plan:
                     f"{where}: density {raw['density']!r} does not match keep/size = {keep / (rows * cols)!r}"
                 )
             layers.append(PlanLayer(name, rows, cols, keep, raw.get("frozen", False), raw.get("in_bound", False),
-                                    raw.get("expected_rank"), raw.get("rule")))
+                                    raw.get("expected_rank"), raw.get("rule"), raw.get("why")))
         return cls(data["architecture"], data["strategy"], data["target"], layers, data.get("input_dim"),
                    data.get("objective", {}), data.get("solver", {}), data.get("seed", 0))
 

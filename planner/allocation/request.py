@@ -48,6 +48,7 @@ class WeightLayer:
     in_bound: bool = False
     frozen: bool = False
     flops_per_weight: int = 1
+    why: str = ""  # why the layer is outside the bound, when it is
 
     @property
     def size(self) -> int:
@@ -245,11 +246,14 @@ def validate(request: PlanRequest) -> Target:
         if max(w.rows, w.cols) > MAX_WIDTH:
             raise LimitError(f"layer {w.name} is {w.rows}x{w.cols}: sides above {MAX_WIDTH} are not supported")
     chain = [w for w in layers if w.in_bound]
-    if not chain:
-        raise ProblemError("no layer enters the bound: the network needs at least one hidden ReLU layer")
-    n0 = r.input_size if r.input_size is not None else chain[0].cols
-    d0 = n0 if r.input_dim is None else r.input_dim
-    d0 = check_input_dim(Architecture(n0, tuple(w.rows for w in chain), 1), d0)
+    if chain:
+        n0 = r.input_size if r.input_size is not None else chain[0].cols
+        d0 = n0 if r.input_dim is None else r.input_dim
+        d0 = check_input_dim(Architecture(n0, tuple(w.rows for w in chain), 1), d0)
+    else:  # no ReLU chain (a ResNet, a ViT): the bound guides nothing, see pipeline.run
+        d0 = 0
+        if r.bound_floor is not None:
+            raise ProblemError("--bound-floor needs a ReLU chain in the bound, and this network has none")
 
     prunable = [w for w in layers if not w.frozen]
     total = sum(w.size for w in prunable)

@@ -84,10 +84,26 @@ class FiniteFloat(click.FloatRange):
         return number
 
 
+def _model_kwargs(ctx, param, value):
+    """--model-kwargs: a JSON object, kept in the context for :func:`load_model`."""
+    if value is None:
+        return None
+    try:
+        kwargs = json.loads(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON ({exc})", ctx, param) from None
+    if not isinstance(kwargs, dict):
+        raise click.BadParameter(f'must be a JSON object like \'{{"num_classes": 10}}\', got {value!r}', ctx, param)
+    ctx.meta["planner.model_kwargs"] = kwargs
+    return kwargs
+
+
 def load_model(model_spec, weights):
     from planner.pruning.model import load_factory, load_weights
 
-    model = load_factory(model_spec)
+    ctx = click.get_current_context(silent=True)
+    kwargs = None if ctx is None else ctx.meta.get("planner.model_kwargs")
+    model = load_factory(model_spec, kwargs)
     if weights is not None:
         load_weights(model, weights)
     return model
@@ -148,6 +164,8 @@ rank_options = [
 model_options = [
     click.option("--model", "model_spec", default=None,
                  help="package.module:factory returning an nn.Module (e.g. examples.models:lenet5)."),
+    click.option("--model-kwargs", default=None, expose_value=False, callback=_model_kwargs, is_eager=False,
+                 help='Keyword arguments of the factory as a JSON object, e.g. \'{"num_classes": 100}\'.'),
     click.option("--weights", type=click.Path(dir_okay=False), default=None,
                  help="State dict for the model, loaded with torch.load(weights_only=True)."),
     click.option("--input-shape", default=None,

@@ -176,13 +176,14 @@ def print_plan(result) -> None:
     head = f"architecture {','.join(map(str, arch))}  " if arch else ""
     if "model" in result.architecture:
         head = f"model {result.architecture['model']}  "
-    click.echo(f"{head}strategy {result.strategy}  rank model {obj.get('rank_model')} (seed {result.seed})"
-               f"  d0 = {result.input_dim}")
+    d0 = f"  d0 = {result.input_dim}" if result.input_dim is not None else "  no ReLU chain: the bound guides no layer"
+    click.echo(f"{head}strategy {result.strategy}  rank model {obj.get('rank_model')} (seed {result.seed}){d0}")
     table(None, [("layer", "left"), ("shape", "right"), ("keep", "right"), ("density", "right"),
                  ("expected rank", "right"), ("rule", "left")],
           [[layer.name, f"{layer.rows}x{layer.cols}", str(layer.keep), fmt_density(layer.density),
             "" if layer.expected_rank is None else f"{layer.expected_rank:.2f}",
-            layer.rule or ("frozen" if layer.frozen else ("" if layer.in_bound else "outside the bound"))]
+            (layer.rule or ("frozen" if layer.frozen else ("" if layer.in_bound else "outside the bound")))
+            + (f" ({layer.why})" if layer.why and not layer.frozen else "")]
            for layer in result.layers])
     click.echo(f"kept {result.kept} of {result.prunable} prunable weights (density {result.global_density:.4f})")
     if obj.get("predicted_loss_increase") is not None:

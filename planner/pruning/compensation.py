@@ -91,7 +91,11 @@ def compensation_statistics(model, names: list[str], calibration, *, chunk_size:
     if chunk_size < 1:
         raise PlannerError(f"chunk_size must be positive, got {chunk_size}")
     linears: dict[str, nn.Linear] = {}
+    from planner.pruning.names import split_weight_name
+
     for name in names:
+        if split_weight_name(name)[1] != "weight":
+            continue  # an attention projection parameter: magnitude
         try:
             module = model.get_submodule(name)
         except AttributeError:

@@ -50,6 +50,7 @@ import json
 import math
 from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal, localcontext
 
+from planner.pruning.names import split_weight_name, tensor_fqn
 from planner.errors import PlanFormatError
 from planner.allocation.planfile import Plan, PlanLayer
 
@@ -197,8 +198,8 @@ def _json(obj) -> str:
 def _export_nni(plan: Plan, layers: list[PlanLayer]) -> str:
     config_list = [
         {
-            "op_names": [layer.name],
-            "target_names": ["weight"],
+            "op_names": [split_weight_name(layer.name)[0]],
+            "target_names": [split_weight_name(layer.name)[1]],
             "sparse_ratio": _exact_fraction(layer.size - layer.keep, layer.size),
         }
         for layer in layers
@@ -213,7 +214,7 @@ def _export_torch_ao(plan: Plan, layers: list[PlanLayer]) -> str:
     # Larger blocks would round the count to whole blocks (and pad ragged edges).
     config = [
         {
-            "tensor_fqn": f"{layer.name}.weight",
+            "tensor_fqn": tensor_fqn(layer.name),
             "sparsity_level": _exact_fraction(layer.size - layer.keep, layer.size),
             "sparse_block_shape": [1, 1],
             "zeros_per_block": 1,
@@ -234,7 +235,7 @@ def _export_sparseml(plan: Plan, layers: list[PlanLayer]) -> str:
     groups: dict[str, list[str]] = {}
     for layer in layers:
         key = _sparsity_key(layer.size - layer.keep, layer.size)
-        groups.setdefault(key, []).append(f"{layer.name}.weight")
+        groups.setdefault(key, []).append(tensor_fqn(layer.name))
     lowest = min(float(key) for key in groups)
     init_sparsity = min(SPARSEML_INIT_SPARSITY, lowest)
     out = ["# SparseML recipe exported by sparsity-planner"]
@@ -296,6 +297,10 @@ def _sparseml_yaml(recipe: dict) -> str:
 def _export_torch_prune(plan: Plan, layers: list[PlanLayer]) -> str:
     # Top-level statements only (no helper function): the snippet then runs the same whether it
     # is pasted into a script or a function body, or exec'd with any globals/locals.
+    params = [layer.name for layer in layers if split_weight_name(layer.name)[1] != "weight"]
+    if params:
+        raise PlanFormatError(f"the torch-prune snippet prunes module weights; {params[0]} is an attention "
+                              "parameter: export with --to nni or --to torch-ao, or use sparsity-planner apply")
     out = ["# torch.nn.utils.prune snippet exported by sparsity-planner"]
     out += [f"# {line}" for line in _describe(plan)]
     out += [

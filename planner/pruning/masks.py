@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from planner.errors import ModelError, PlanMismatchError, PlannerError
 from planner.allocation.planfile import Plan
+from planner.pruning.names import split_weight_name
 
 CRITERIA = ("magnitude", "random", "elimination-compensation")
 
@@ -45,20 +46,24 @@ class ApplyReport:
 
 
 def _prunable_modules(model, plan: Plan):
-    """(plan layer, module) for every non-frozen plan layer, after checking names and shapes."""
+    """(plan layer, module) for every non-frozen plan layer, after checking names and shapes.
+    The weight is ``module.weight``, or the parameter a layer's name ends with
+    (``attn.in_proj_weight``: :func:`weight_of`)."""
     import torch.nn as nn
+
+    from planner.pruning.model import resolve_weight
 
     pairs = []
     for layer in plan.layers:
         try:
-            module = model.get_submodule(layer.name)
+            module, param = resolve_weight(model, layer.name)
         except AttributeError:
             raise PlanMismatchError(f"plan layer {layer.name!r} is not a module of the model") from None
-        if not isinstance(module, (nn.Linear, nn.Conv2d)):
+        if param == "weight" and not isinstance(module, (nn.Linear, nn.Conv2d)):
             raise PlanMismatchError(f"plan layer {layer.name!r} is a {type(module).__name__}, not Linear or Conv2d")
-        if hasattr(module, "weight_orig"):
+        if hasattr(module, param + "_orig"):
             raise PlanMismatchError(f"layer {layer.name!r} is already pruned; finalize it before applying a plan")
-        weight = module.weight
+        weight = getattr(module, param)
         rows, cols = weight.shape[0], weight[0].numel()
         if (rows, cols) != (layer.rows, layer.cols):
             raise PlanMismatchError(
@@ -68,6 +73,13 @@ def _prunable_modules(model, plan: Plan):
         if not layer.frozen:
             pairs.append((layer, module))
     return pairs
+
+
+def weight_of(module, layer_name: str):
+    """The weight tensor of a plan layer on its module (``weight`` or ``in_proj_weight``...)."""
+    from planner.pruning.names import split_weight_name
+
+    return getattr(module, split_weight_name(layer_name)[1])
 
 
 def top_k_mask(scores, keep: int, *, absolute: bool = False):
@@ -123,7 +135,7 @@ def compute_masks(model, plan: Plan, criterion: str = "magnitude", *, calibratio
     masks = {}
     with torch.no_grad():
         for layer, module in pairs:
-            w = module.weight
+            w = weight_of(module, layer.name)
             if criterion == "random":
                 masks[layer.name] = top_k_mask(torch.rand(w.shape, generator=generator), layer.keep)
             elif layer.name in stats:
@@ -154,8 +166,8 @@ def apply_plan(model, plan: Plan, criterion: str = "magnitude", calibration=None
                            "compensation; use it with magnitude or random pruning")
     pairs = _prunable_modules(model, plan)
     for layer, module in pairs:
-        if not bool(torch.isfinite(module.weight).all()):
-            bad = int((~torch.isfinite(module.weight)).sum())
+        if not bool(torch.isfinite(weight_of(module, layer.name)).all()):
+            bad = int((~torch.isfinite(weight_of(module, layer.name))).sum())
             raise ModelError(f"layer {layer.name} has {bad} non-finite weight(s) (nan or inf): refusing to prune it")
     stats = _statistics(model, pairs, criterion, calibration)
     masks = compute_masks(model, plan, criterion, generator=generator, _stats=stats)
@@ -180,10 +192,12 @@ def apply_plan(model, plan: Plan, criterion: str = "magnitude", calibration=None
                 module.bias.add_(shifts[layer.name].to(module.bias.dtype))
             elif criterion == "elimination-compensation" and layer.name not in stats:
                 crit = "magnitude"
+            weight = weight_of(module, layer.name)
             if rescale and 0 < layer.keep < layer.size:
-                module.weight.mul_(1.0 / math.sqrt(layer.keep / layer.size))
+                weight.mul_(1.0 / math.sqrt(layer.keep / layer.size))
         # masks of the random criterion are drawn on the CPU: move them to the weight's device
-        prune.custom_from_mask(module, "weight", mask.to(device=module.weight.device, dtype=module.weight.dtype))
+        prune.custom_from_mask(module, split_weight_name(layer.name)[1],
+                               mask.to(device=weight.device, dtype=weight.dtype))
         report.layers.append(AppliedLayer(layer.name, layer.size, layer.keep, int(mask.sum()), crit))
     return report
 
@@ -194,7 +208,11 @@ def finalize(model) -> list[str]:
 
     done = []
     for name, module in model.named_modules():
-        if prune.is_pruned(module) and hasattr(module, "weight_mask"):
-            prune.remove(module, "weight")
-            done.append(name)
+        if prune.is_pruned(module):
+            masked = [b[: -len("_mask")] for b, _ in module.named_buffers(recurse=False) if b.endswith("_mask")]
+            for param in masked:
+                if hasattr(module, param + "_orig"):
+                    prune.remove(module, param)
+            if masked:
+                done.append(name)
     return done

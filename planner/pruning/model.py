@@ -26,13 +26,13 @@ def _user_code_error(what: str, exc: BaseException) -> ModelError:
     return ModelError(f"{what} raised {type(exc).__name__}" + (f": {detail}" if detail else ""))
 
 
-def load_factory(spec: str):
+def load_factory(spec: str, kwargs: dict | None = None):
     """Resolve ``package.module:attr`` (the entry-point convention, by :func:`pkgutil.resolve_name`)
     and return the ``nn.Module`` it is or that calling it returns.
 
     The working directory is importable, so ``examples.models:lenet5`` works from a checkout.
     Whatever the user's code raises on import or call (``SystemExit`` included) becomes one
-    :class:`ModelError`.
+    :class:`ModelError`. ``kwargs`` are passed to the factory (``--model-kwargs``).
     """
     import pkgutil
 
@@ -51,14 +51,19 @@ def load_factory(spec: str):
         raise ModelError(f"--model {spec}: {exc}") from None
     except (Exception, SystemExit) as exc:  # the user's module failed while importing
         raise _user_code_error(f"importing {module_name!r} for --model {spec}", exc) from None
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise ModelError(f"--model-kwargs must be a JSON object, got {type(kwargs).__name__}")
     if isinstance(factory, nn.Module):
+        if kwargs:
+            raise ModelError(f"{spec} is a model instance, not a factory: it takes no --model-kwargs")
         return factory
     if not callable(factory):
         raise ModelError(f"{spec} is neither a callable nor an nn.Module")
     try:
-        model = factory()
+        model = factory(**(kwargs or {}))
     except (Exception, SystemExit) as exc:  # the user's code: report it in one line
-        raise _user_code_error(f"calling {spec}()", exc) from None
+        args = ", ".join(f"{k}={v!r}" for k, v in (kwargs or {}).items())
+        raise _user_code_error(f"calling {spec}({args})", exc) from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"{spec}() returned {type(model).__name__}, not an nn.Module")
     return model
@@ -116,8 +121,9 @@ class ModelLayers:
     and the input size of the fully connected ReLU chain."""
 
     layers: tuple[WeightLayer, ...]
-    input_size: int
+    input_size: int | None  # the bound chain's input size (None without a chain)
     traced: bool
+    notes: tuple[str, ...] = ()
 
 
 def _infer_example_input(model, input_shape: Sequence[int] | None):
@@ -135,26 +141,54 @@ def _infer_example_input(model, input_shape: Sequence[int] | None):
 
 
 def model_layers(model, input_shape: Sequence[int] | None = None, *, prune_output: bool = False) -> ModelLayers:
-    """Prunable layers of ``model``: every ``nn.Linear`` and ``nn.Conv2d``, named as in
-    ``named_modules()``, in execution order when the model can be traced with an example input
-    (``input_shape`` without the batch dimension; needed when the model starts with a conv).
+    """Prunable layers of ``model``: every ``nn.Linear`` and ``nn.Conv2d`` (named as in
+    ``named_modules()``) and the projections of every ``nn.MultiheadAttention``
+    (``<name>.in_proj_weight``, ``<name>.out_proj``), in execution order. ``input_shape`` is
+    the example input without the batch dimension (needed when the model starts with a conv).
 
-    The bound covers the trailing chain of Linear layers (the paper's LeNet and AlexNet): all of
-    them but the last are hidden ReLU layers; the last is the output layer, frozen dense unless
-    ``prune_output``. A Conv2d is budgeted as out x (in * kh * kw), its FLOPs per kept weight
-    being its output's spatial size.
+    The model is read as a graph (:func:`planner.pruning.graph.read_graph`, torch.fx and
+    networkx): the bound covers the chain of Linear layers with ReLU between them that ends at
+    the output layer (frozen dense unless ``prune_output``); every other layer says why it is
+    outside. A model torch.fx cannot trace is read by forward hooks instead, assuming ReLU
+    between its trailing Linear layers (``notes`` says so). A Conv2d is budgeted as
+    out x (in * kh * kw), its FLOPs per kept weight being its output's spatial size.
     """
+    import torch.nn as nn
+
+    from planner.pruning.graph import read_graph
+
+    named = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.MultiheadAttention))]
+    if not named:
+        raise ModelError("the model has no nn.Linear, nn.Conv2d or attention layer to prune")
+    for name, module in model.named_modules():
+        if any(n.endswith("_orig") for n, _ in module.named_parameters(recurse=False)):
+            raise ModelError(f"layer {name} is already pruned (it has weight_orig); finalize it first")
+    example = _infer_example_input(model, input_shape)
+    if example is None and any(isinstance(m, nn.Conv2d) for _, m in named):
+        raise ModelError("the model starts with a convolution: give its input shape (e.g. --input-shape 1,32,32)")
+    if example is not None:
+        try:
+            found = read_graph(model, example, prune_output=prune_output)
+            return ModelLayers(found.layers, found.input_size, True, found.notes)
+        except ModelError as exc:
+            if "could not run the model" in str(exc):
+                raise
+            reason = str(exc)
+    else:
+        reason = "no example input (give --input-shape)"
+    return _hook_layers(model, example, prune_output, reason)
+
+
+def _hook_layers(model, example, prune_output: bool, reason: str) -> ModelLayers:
+    """The fallback when torch.fx cannot trace: execution order by forward hooks, the trailing
+    run of Linear layers taken as the ReLU chain."""
     import torch
     import torch.nn as nn
 
     named = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     if not named:
-        raise ModelError("the model has no nn.Linear or nn.Conv2d layer to prune")
-    for name, module in named:
-        if hasattr(module, "weight_orig"):
-            raise ModelError(f"layer {name} is already pruned (it has weight_orig); finalize it first")
+        raise ModelError(f"the model has no nn.Linear or nn.Conv2d layer the forward hooks can see ({reason})")
     order, spatial = [n for n, _ in named], {}
-    example = _infer_example_input(model, input_shape)
     traced = False
     if example is not None:
         seen: list[str] = []
@@ -182,8 +216,6 @@ def model_layers(model, input_shape: Sequence[int] | None = None, *, prune_outpu
         finally:
             for h in hooks:
                 h.remove()
-    elif any(isinstance(m, nn.Conv2d) for _, m in named):
-        raise ModelError("the model starts with a convolution: give its input shape (e.g. --input-shape 1,32,32)")
     modules = dict(named)
     # the trailing run of Linear layers is the fully connected chain
     chain: list[str] = []
@@ -192,25 +224,25 @@ def model_layers(model, input_shape: Sequence[int] | None = None, *, prune_outpu
             chain.insert(0, name)
         else:
             break
-    for a, b in zip(chain, chain[1:]):
-        if modules[a].out_features != modules[b].in_features:
-            raise ModelError(f"layers {a} ({modules[a].out_features} outputs) and {b} "
-                             f"({modules[b].in_features} inputs) do not form a chain")
-    if len(chain) < 2:
-        raise ModelError("the model needs at least two Linear layers at its end (a hidden ReLU layer and "
-                         "the output layer) for the linear-region bound")
+    if any(modules[a].out_features != modules[b].in_features for a, b in zip(chain, chain[1:])):
+        chain = chain[-1:]  # the trailing Linear layers do not form a chain: only the output layer
+    note = (f"read by forward hooks ({reason}): the trailing Linear layers are taken as a chain with ReLU "
+            "between them, which the hooks cannot check")
     out = []
     for name in order:
         m = modules[name]
         rows = m.weight.shape[0]
         cols = m.weight[0].numel()
         if isinstance(m, nn.Conv2d):
-            out.append(WeightLayer(name, rows, cols, in_bound=False, flops_per_weight=spatial.get(name, 1)))
-        elif name == chain[-1]:
-            out.append(WeightLayer(name, rows, cols, in_bound=False, frozen=not prune_output))
+            out.append(WeightLayer(name, rows, cols, in_bound=False, flops_per_weight=spatial.get(name, 1),
+                                   why="convolution"))
+        elif chain and name == chain[-1]:
+            out.append(WeightLayer(name, rows, cols, in_bound=False, frozen=not prune_output, why="output layer"))
         else:
-            out.append(WeightLayer(name, rows, cols, in_bound=name in chain))
-    return ModelLayers(tuple(out), modules[chain[0]].in_features, traced)
+            out.append(WeightLayer(name, rows, cols, in_bound=name in chain[:-1],
+                                   why="" if name in chain[:-1] else "not in the trailing Linear chain"))
+    input_size = modules[chain[0]].in_features if len(chain) >= 2 else None
+    return ModelLayers(tuple(out), input_size, traced, (note,))
 
 
 def model_weights(model, layers: Sequence[WeightLayer]) -> tuple[dict, dict]:
@@ -219,7 +251,8 @@ def model_weights(model, layers: Sequence[WeightLayer]) -> tuple[dict, dict]:
 
     weights, shapes = {}, {}
     for w in layers:
-        tensor = model.get_submodule(w.name).weight.detach().cpu()
+        module, param = resolve_weight(model, w.name)
+        tensor = getattr(module, param).detach().cpu()
         if not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
             raise ModelError(f"layer {w.name} has {bad} non-finite weight(s) (nan or inf): "
@@ -227,3 +260,15 @@ def model_weights(model, layers: Sequence[WeightLayer]) -> tuple[dict, dict]:
         weights[w.name] = tensor.numpy()
         shapes[w.name] = tuple(tensor.shape)
     return weights, shapes
+
+
+def resolve_weight(model, name: str):
+    """(module, parameter name) holding a plan layer's weight (:mod:`planner.pruning.names`);
+    AttributeError when the model has no such layer."""
+    from planner.pruning.names import split_weight_name
+
+    path, param = split_weight_name(name)
+    module = model.get_submodule(path)
+    if not hasattr(module, param) and not hasattr(module, param + "_orig"):
+        raise AttributeError(f"{path or 'the model'} has no parameter {param!r}")
+    return module, param

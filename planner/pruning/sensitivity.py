@@ -114,7 +114,7 @@ def measure_sensitivity(model, X, y, *, criterion: str = "magnitude", steps: int
     import torch
 
     from planner.pruning.masks import top_k_mask
-    from planner.pruning.model import model_layers
+    from planner.pruning.model import model_layers, resolve_weight
 
     if criterion not in SENSITIVITY_CRITERIA:
         raise SensitivityError(f"unknown criterion {criterion!r}; choose one of {', '.join(SENSITIVITY_CRITERIA)}")
@@ -144,8 +144,9 @@ def measure_sensitivity(model, X, y, *, criterion: str = "magnitude", steps: int
         with torch.no_grad():
             dense_loss, dense_acc = _evaluate(model, Xt, yt)
             for w, keeps in plan:
-                module = model.get_submodule(w.name)
-                original = module.weight.detach().clone()
+                module, param = resolve_weight(model, w.name)
+                weight = getattr(module, param)
+                original = weight.detach().clone()
                 if criterion == "random":
                     g = torch.Generator().manual_seed(int(seed) + len(out))
                     scores = torch.rand(original.shape, generator=g)
@@ -153,7 +154,7 @@ def measure_sensitivity(model, X, y, *, criterion: str = "magnitude", steps: int
                 try:
                     for k in keeps:
                         mask = top_k_mask(scores, k) if criterion == "random" else top_k_mask(original, k, absolute=True)
-                        module.weight.copy_(original * mask.to(original.dtype))
+                        weight.copy_(original * mask.to(original.dtype))
                         loss, acc = _evaluate(model, Xt, yt)
                         losses.append(rounded(loss))
                         accs.append(rounded(acc))
@@ -161,7 +162,7 @@ def measure_sensitivity(model, X, y, *, criterion: str = "magnitude", steps: int
                         if progress is not None:
                             progress("sensitivity", done, total)
                 finally:
-                    module.weight.copy_(original)
+                    weight.copy_(original)
                 out.append(LayerSensitivity(w.name, w.rows, w.cols, list(keeps), losses, accs))
     finally:
         model.train(was_training)

@@ -11,14 +11,16 @@ import click
 from planner.cli.common import FiniteFloat, parse_densities
 from planner.limits import MAX_THREADS
 from planner.core import RANK_MODELS
-from planner.experiments import DATASETS, DEFAULT_DENSITIES, DEFAULT_STRATEGIES
+from planner.experiments import DATASETS, DEFAULT_DENSITIES, DEFAULT_STRATEGIES, LOW_DENSITIES
 
 DEFAULT_ARCH = "64,100,100,10"
 
 
 def _parse_densities(text: str) -> list[float]:
     if not text or not text.strip():
-        raise click.UsageError("--densities takes a comma list like 0.1,0.05,0.01")
+        raise click.UsageError("--densities takes a comma list like 0.1,0.05,0.01, or low")
+    if text.strip() == "low":
+        return list(LOW_DENSITIES)
     return parse_densities(text, "--densities")
 
 
@@ -30,9 +32,11 @@ def _parse_densities(text: str) -> list[float]:
 @click.option("--arch", default=DEFAULT_ARCH, show_default=True,
               help="MLP sizes input,hidden...,output; the input size must match the dataset.")
 @click.option("--densities", default=",".join(f"{d:g}" for d in DEFAULT_DENSITIES), show_default=True,
-              help="Comma list of global densities (kept fraction of the hidden-layer weights).")
+              help="Comma list of global densities (kept fraction of the hidden-layer weights), or low: "
+                   + ",".join(f"{d:g}" for d in LOW_DENSITIES) + " (down to where uniform pruning collapses).")
 @click.option("--strategies", default=",".join(DEFAULT_STRATEGIES), show_default=True,
-              help="Comma list of lr-bound, lr-bound:robust|robust-analytic|none, uniform, uniform-plus, erk, "
+              help="Comma list of lr-bound, lr-bound:<tie-break>[@floor] (robust, robust-analytic, prior:uniform, "
+                   "prior:erk, none; floor in bits or %), lr-bound:sensitivity[@floor], uniform, uniform-plus, erk, "
                    "global, lamp.")
 @click.option("--seeds", type=click.IntRange(1, 1000), default=1, show_default=True,
               help="Number of seeds (seeds 0..N-1): each trains its own dense model.")

@@ -9,3 +9,5 @@ This module holds the names the command line needs without importing numpy.
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 DEFAULT_STRATEGIES = ("lr-bound", "uniform", "erk", "global", "lamp")
 DEFAULT_DENSITIES = (0.1, 0.05, 0.03, 0.02, 0.01, 0.007)
+#: ``--densities low``: down to where uniform pruning collapses on digits (the paper's range)
+LOW_DENSITIES = (0.05, 0.02, 0.01, 0.005, 0.003, 0.002, 0.001)

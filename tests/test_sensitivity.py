@@ -392,3 +392,20 @@ def test_cli_refuses_bad_values_in_one_line(args, message, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_compare_names_every_lr_bound_variant():
+    from planner.experiments.compare import ExperimentError, lr_bound_options, parse_strategy, strategy_plan
+
+    assert lr_bound_options("lr-bound") == {"tie_break": "robust"}
+    assert lr_bound_options("lr-bound:prior:erk@2") == {"tie_break": "prior:erk", "bound_floor": "2"}
+    assert lr_bound_options("lr-bound:sensitivity@5%") == {"objective": "sensitivity", "bound_floor": "5%"}
+    assert parse_strategy("lr-bound:prior:uniform") == ("lr-bound", "prior:uniform")
+    for bad in ("lr-bound:prior:nope", "lr-bound:robust@x", "erk@2", "lr-bound:@"):
+        with pytest.raises(ExperimentError):
+            parse_strategy(bad)
+    a = strategy_plan("lr-bound:prior:uniform@2", planner.Architecture.parse("64,20,20,10"), 0.05, seed=0,
+                      rank_model="analytic", cache=CACHE)
+    b = planner.plan("64,20,20,10", density=0.05, tie_break="prior:uniform", bound_floor=2, rank_model="analytic",
+                     cache=CACHE)
+    assert a.to_json() == b.to_json()

@@ -190,9 +190,10 @@ def test_bcr_linear_runs_as_dense_sub_blocks():
     mask = torch.from_numpy(bcr.bcr_mask_2d(w.numpy(), 600, (16, 16)))
     w = w * mask
     bias = torch.randn(40, dtype=torch.float64)
-    layer = bcr.bcr_linear(bcr.compact_layer(w, (16, 16), mask), bias)
     x = torch.randn(7, 50, dtype=torch.float64)
-    assert torch.allclose(layer(x), x @ w.T + bias, atol=1e-12)
+    for mode in ("padded", "grouped"):
+        layer = bcr.bcr_linear(bcr.compact_layer(w, (16, 16), mask), bias, mode=mode)
+        assert torch.allclose(layer(x), x @ w.T + bias, atol=1e-12)
 
 
 def test_apply_nm_prunes_the_layers_the_plan_prunes():

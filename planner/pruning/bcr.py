@@ -492,14 +492,19 @@ def load_compact_state_dict(model, state: dict):
     return model
 
 
-def bcr_linear(entry: dict, bias=None):
+def bcr_linear(entry: dict, bias=None, mode: str = "padded"):
     """An ``nn.Module`` computing ``x @ W.T + bias`` from a compact entry of a 2-D weight, run as
-    dense sub-blocks: every block's r x c sub-matrix, padded to the largest r and c, in one
-    ``torch.bmm`` over the blocks (inputs gathered by column index, outputs scattered by row
-    index). Same result as the dense layer up to float summation order."""
+    dense sub-blocks with ``torch.bmm``: the inputs of every block are gathered by its kept column
+    indices, multiplied by its dense r x c sub-matrix, and scattered back by its kept row indices
+    (``index_add_``). ``mode="padded"``: one bmm over all blocks, each padded with zeros to the
+    largest r and c (padding indices point at row/column 0 and multiply zeros);
+    ``mode="grouped"``: one bmm per distinct kept shape r x c, no padding. Same result as the
+    dense layer up to float summation order."""
     import torch
     import torch.nn as nn
 
+    if mode not in ("padded", "grouped"):
+        raise PatternError(f"bcr_linear mode must be padded or grouped, got {mode!r}")
     shape = tuple(int(v) for v in entry["shape"])
     if len(shape) != 2:
         raise PatternError(f"bcr_linear needs a 2-D (Linear) weight, got shape {shape}")
@@ -508,43 +513,49 @@ def bcr_linear(entry: dict, bias=None):
     nbr, nbc = _grid(shape, (R, C))
     rp, cp = entry["row_ptr"].tolist(), entry["col_ptr"].tolist()
     ri, ci, vals = entry["row_idx"].long(), entry["col_idx"].long(), entry["values"]
-    nb = nbr * nbc
-    rmax = max(rp[b + 1] - rp[b] for b in range(nb)) if nb else 0
-    cmax = max(cp[b + 1] - cp[b] for b in range(nb)) if nb else 0
-    live = [b for b in range(nb) if rp[b + 1] > rp[b] and cp[b + 1] > cp[b]]
-    sub = torch.zeros((len(live), rmax, cmax), dtype=vals.dtype)
-    rows_idx = torch.full((len(live), rmax), rows, dtype=torch.long)   # padding -> a dump row
-    cols_idx = torch.full((len(live), cmax), cols, dtype=torch.long)   # padding -> a zero input
+    items = []
     at = 0
-    slot = 0
-    for b in range(nb):
+    for b in range(nbr * nbc):
         i, j = divmod(b, nbc)
         r, c = ri[rp[b]:rp[b + 1]] + i * R, ci[cp[b]:cp[b + 1]] + j * C
         k = len(r) * len(c)
         if k:
-            sub[slot, :len(r), :len(c)] = vals[at:at + k].reshape(len(r), len(c))
-            rows_idx[slot, :len(r)] = r
-            cols_idx[slot, :len(c)] = c
-            slot += 1
+            items.append((r, c, vals[at:at + k].reshape(len(r), len(c))))
         at += k
+    groups = {}
+    if mode == "grouped":
+        for r, c, v in items:
+            groups.setdefault((len(r), len(c)), []).append((r, c, v))
+    elif items:
+        rmax, cmax = max(len(r) for r, _, _ in items), max(len(c) for _, c, _ in items)
+        padded = []
+        for r, c, v in items:
+            pr = torch.zeros(rmax, dtype=torch.long)
+            pc = torch.zeros(cmax, dtype=torch.long)
+            pv = torch.zeros((rmax, cmax), dtype=v.dtype)
+            pr[:len(r)], pc[:len(c)], pv[:len(r), :len(c)] = r, c, v
+            padded.append((pr, pc, pv))
+        groups[(rmax, cmax)] = padded
 
     class BCRLinear(nn.Module):
         def __init__(self):
             super().__init__()
             self.in_features, self.out_features = cols, rows
-            self.register_buffer("sub_t", sub.transpose(1, 2).contiguous())   # (blocks, cmax, rmax)
-            self.register_buffer("rows_idx", rows_idx.reshape(-1))
-            self.register_buffer("cols_idx", cols_idx)
+            self.n_groups = len(groups)
+            for g, (_, members) in enumerate(sorted(groups.items())):
+                self.register_buffer(f"sub_t{g}", torch.stack([v for _, _, v in members]).transpose(1, 2).contiguous())
+                self.register_buffer(f"rows{g}", torch.stack([ix for ix, _, _ in members]).reshape(-1))
+                self.register_buffer(f"cols{g}", torch.stack([ix for _, ix, _ in members]))
             self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
 
         def forward(self, x):
             n = x.shape[0]
-            xp = torch.cat([x, x.new_zeros(n, 1)], dim=1)
-            gathered = xp[:, self.cols_idx].permute(1, 0, 2)          # (blocks, n, cmax)
-            partial = torch.bmm(gathered, self.sub_t)                 # (blocks, n, rmax)
-            y = x.new_zeros(n, self.out_features + 1)
-            y.index_add_(1, self.rows_idx, partial.permute(1, 0, 2).reshape(n, -1))
-            y = y[:, : self.out_features]
+            y = x.new_zeros(n, self.out_features)
+            for g in range(self.n_groups):
+                sub_t, rows_g, cols_g = getattr(self, f"sub_t{g}"), getattr(self, f"rows{g}"), getattr(self, f"cols{g}")
+                gathered = x[:, cols_g].permute(1, 0, 2)              # (blocks, n, c)
+                partial = torch.bmm(gathered, sub_t)                  # (blocks, n, r)
+                y.index_add_(1, rows_g, partial.permute(1, 0, 2).reshape(n, -1))
             return y if self.bias is None else y + self.bias
 
     return BCRLinear()

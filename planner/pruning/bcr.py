@@ -449,22 +449,16 @@ def dense_from_compact(entry: dict):
 def compact_state_dict(model, block, masks: dict | None = None) -> dict:
     """The model's state dict with every BCR layer's ``<name>.weight`` replaced by its compact
     tensors ``<name>.bcr.<field>``. Layers: the keys of ``masks`` (their masks), or, without
-    masks, every module with a ``weight_mask`` (torch pruning attached) whose mask is BCR."""
+    masks, every module with a ``weight_mask`` (torch pruning attached: call it before
+    ``finalize``). Every mask must be BCR for ``block`` (:class:`PatternError` otherwise)."""
     state = dict(model.state_dict())
     if masks is None:
         masks = {n: m.weight_mask for n, m in model.named_modules() if hasattr(m, "weight_mask")}
-    out = {}
-    for key, value in state.items():
-        name = key[: -len(".weight")] if key.endswith(".weight") else None
-        if key.endswith(("_orig", "_mask")):
-            base = key.rsplit(".", 1)[0]
-            if base in masks:
-                continue
-            if key.endswith("weight_orig"):
-                continue
-        if name is not None and name in masks:
-            continue
-        out[key] = value
+        if not masks:
+            raise PatternError("no pruning mask is attached to the model: call compact_state_dict before "
+                               "finalize, or pass masks={name: mask}")
+    replaced = {f"{name}.{suffix}" for name in masks for suffix in ("weight", "weight_orig", "weight_mask")}
+    out = {key: value for key, value in state.items() if key not in replaced}
     for name, mask in masks.items():
         module = model.get_submodule(name)
         weight = module.weight if not hasattr(module, "weight_orig") else module.weight_orig * module.weight_mask

@@ -231,3 +231,13 @@ def test_apply_cli_structured(tmp_path, capsys, monkeypatch):
                           (["--criterion", "bcr", "--block", "4x4", "--keep-rows", "1.5"], "keep-rows")):
         assert main(base + args) == 2
         assert message in capsys.readouterr().err
+
+
+def test_compact_needs_masks_and_refuses_non_bcr():
+    model = models.mlp((24, 16, 12, 5), seed=0)
+    with pytest.raises(PatternError, match="no pruning mask"):
+        bcr.compact_state_dict(model, "4x4")
+    mask = torch.ones(16, 24, dtype=torch.bool)
+    mask[0, 0] = False  # one hole: not a dense sub-matrix in block (0, 0)
+    with pytest.raises(PatternError, match="not block column-row"):
+        bcr.compact_state_dict(model, "4x4", masks={"fc1": mask})

@@ -61,3 +61,7 @@ class OutputError(PlannerError):
 
 class LimitError(PlannerError, ValueError):
     """A size or value is beyond what the planner supports (the message names the limit)."""
+
+
+class PatternError(PlannerError, ValueError):
+    """A structured-sparsity pattern (BCR block, N:M) is malformed or a mask does not follow it."""

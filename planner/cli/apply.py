@@ -8,6 +8,41 @@ from planner.cli.common import check_output, load_model, model_options, print_js
 from planner.limits import MAX_SEED
 from planner.pruning.masks import CRITERIA
 
+#: options of the structured criteria (planner.pruning.masks.STRUCTURED): option -> the criterion it needs
+STRUCTURED_OPTIONS = {"block": "bcr", "keep_rows": "bcr", "keep_cols": "bcr", "compact": "bcr", "pattern": "nm"}
+structured_options = [
+    click.option("--block", default=None, help="bcr: block shape RxC, e.g. 16x16 (a Conv2d is out x in*kh*kw)."),
+    click.option("--keep-rows", type=float, default=None,
+                 help="bcr: fraction of every block's rows kept (the columns then meet the plan's count)."),
+    click.option("--keep-cols", type=float, default=None,
+                 help="bcr: fraction of every block's columns kept (the rows then meet the plan's count)."),
+    click.option("--compact", type=click.Path(dir_okay=False), default=None,
+                 help="bcr: also write the compact state dict (kept indices and dense sub-blocks per block)."),
+    click.option("--pattern", default=None, help="nm: N:M, e.g. 2:4 (groups of M along the input dimension)."),
+]
+
+
+def structured_settings(criterion, **given) -> dict | None:
+    """The options dict of a structured criterion, after refusing options of another criterion."""
+    from planner.pruning.bcr import check_fraction, parse_block
+    from planner.pruning.nm import parse_pattern
+
+    for key, needs in STRUCTURED_OPTIONS.items():
+        if given.get(key) is not None and criterion != needs:
+            raise click.UsageError(f"--{key.replace('_', '-')} goes with --criterion {needs}")
+    if criterion == "bcr":
+        if given.get("block") is None:
+            raise click.UsageError("--criterion bcr needs --block RxC (e.g. --block 16x16)")
+        r, c = parse_block(given["block"])
+        return {"block": f"{r}x{c}", "keep_rows": check_fraction(given.get("keep_rows"), "--keep-rows"),
+                "keep_cols": check_fraction(given.get("keep_cols"), "--keep-cols")}
+    if criterion == "nm":
+        if given.get("pattern") is None:
+            raise click.UsageError("--criterion nm needs --pattern N:M (e.g. --pattern 2:4)")
+        n, m = parse_pattern(given["pattern"])
+        return {"pattern": f"{n}:{m}"}
+    return None
+
 
 @click.command(name="apply")
 @with_options(model_options)
@@ -21,8 +56,9 @@ from planner.pruning.masks import CRITERIA
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Where to write the pruned, finalized state dict.")
 @click.option("--json", "as_json", is_flag=True, help="Print the realized densities as JSON.")
+@with_options(structured_options)
 def apply_command(model_spec, weights, input_shape, plan_path, criterion, calibration, rescale, seed, output,
-                  as_json):
+                  as_json, **structured):
     """Prune a torch model to a plan and save the finalized state dict."""
     import io
 
@@ -35,7 +71,10 @@ def apply_command(model_spec, weights, input_shape, plan_path, criterion, calibr
 
     if model_spec is None:
         raise click.UsageError("give --model package.module:factory")
+    options = structured_settings(criterion, **structured)
     check_output(output)
+    if structured["compact"] is not None:
+        check_output(structured["compact"], "--compact file")
     plan_obj = Plan.load(plan_path)
     model = load_model(model_spec, weights)
     calib = None
@@ -49,11 +88,19 @@ def apply_command(model_spec, weights, input_shape, plan_path, criterion, calibr
         calib = torch.as_tensor(calib, dtype=torch.float32)
     generator = torch.Generator().manual_seed(seed)
     report = apply_plan(model, plan_obj, criterion=criterion, calibration=calib, rescale=rescale,
-                        generator=generator)
+                        generator=generator, options=options)
+    compact = None
+    if structured["compact"] is not None:
+        from planner.pruning.bcr import compact_state_dict
+
+        compact = io.BytesIO()
+        torch.save(compact_state_dict(model, options["block"]), compact)
     finalize(model)
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     atomic_write_bytes(output, buffer.getvalue())
+    if compact is not None:
+        atomic_write_bytes(structured["compact"], compact.getvalue())
     if as_json:
         print_json(report.to_dict())
         return
@@ -63,4 +110,9 @@ def apply_command(model_spec, weights, input_shape, plan_path, criterion, calibr
             for a in report.layers])
     for note in report.notes:
         click.echo(f"note: {note}")
+    if options is not None:
+        click.echo(f"kept {sum(a.kept for a in report.layers)} weights, {sum(a.planned_keep for a in report.layers)} "
+                   f"planned ({criterion} {options.get('block') or options.get('pattern')})")
     click.echo(f"pruned state dict written to {output}")
+    if compact is not None:
+        click.echo(f"compact BCR state dict written to {structured['compact']}")

@@ -15,6 +15,15 @@ from planner.pruning.names import split_weight_name
 
 CRITERIA = ("magnitude", "random", "elimination-compensation")
 
+#: structured criteria (each a mask pattern with its own options): name -> "module:function"
+#: taking ((plan layer, module) pairs, options) and returning ({name: mask}, report notes)
+STRUCTURED = {
+    "bcr": "planner.pruning.bcr:compute_bcr_masks",
+    "nm": "planner.pruning.nm:compute_nm_masks",
+}
+
+CRITERIA = CRITERIA + tuple(STRUCTURED)
+
 
 @dataclass
 class AppliedLayer:
@@ -123,14 +132,26 @@ def _statistics(model, pairs, criterion, calibration):
     return compensation_statistics(model, [layer.name for layer, _ in pairs], calibration)
 
 
+def _structured_masks(pairs, criterion, options, notes=None):
+    import pkgutil
+
+    masks, found = pkgutil.resolve_name(STRUCTURED[criterion])(pairs, dict(options or {}))
+    if notes is not None:
+        notes.extend(found)
+    return masks
+
+
 def compute_masks(model, plan: Plan, criterion: str = "magnitude", *, calibration=None, generator=None,
-                  _stats=None):
-    """{layer name: bool mask} for every non-frozen layer of ``plan``; touches nothing."""
+                  _stats=None, options=None):
+    """{layer name: bool mask} for every non-frozen layer of ``plan``; touches nothing.
+    ``options`` holds a structured criterion's settings (:data:`STRUCTURED`)."""
     import torch
 
     if criterion not in CRITERIA:
         raise PlannerError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
     pairs = _prunable_modules(model, plan)
+    if criterion in STRUCTURED:
+        return _structured_masks(pairs, criterion, options)
     stats = _statistics(model, pairs, criterion, calibration) if _stats is None else _stats
     masks = {}
     with torch.no_grad():
@@ -146,7 +167,7 @@ def compute_masks(model, plan: Plan, criterion: str = "magnitude", *, calibratio
 
 
 def apply_plan(model, plan: Plan, criterion: str = "magnitude", calibration=None, rescale: bool = False,
-               generator=None) -> ApplyReport:
+               generator=None, options=None) -> ApplyReport:
     """Prune ``model`` in place to ``plan`` with ``torch.nn.utils.prune.custom_from_mask``.
 
     ``criterion`` picks the kept weights within a layer: ``magnitude`` (largest |w|, default),
@@ -154,7 +175,11 @@ def apply_plan(model, plan: Plan, criterion: str = "magnitude", calibration=None
     with the optimal bias shift, which is then added to the bias; needs ``calibration``, a
     batch of model inputs; layers other than Linear fall back to magnitude). ``rescale``
     multiplies the surviving weights by 1/sqrt(density) (seed 002, for random pruning at
-    initialization). Returns the realized density per layer.
+    initialization). Structured criteria (:data:`STRUCTURED`: ``bcr`` with
+    ``options={"block": "16x16", "keep_rows": f, "keep_cols": f}``, ``nm`` with
+    ``options={"pattern": "2:4"}``) keep what their pattern allows; the report gives the
+    realized count of every layer and notes where it differs from the plan's. Returns the
+    realized density per layer.
     """
     import torch
     from torch.nn.utils import prune
@@ -169,9 +194,12 @@ def apply_plan(model, plan: Plan, criterion: str = "magnitude", calibration=None
         if not bool(torch.isfinite(weight_of(module, layer.name)).all()):
             bad = int((~torch.isfinite(weight_of(module, layer.name))).sum())
             raise ModelError(f"layer {layer.name} has {bad} non-finite weight(s) (nan or inf): refusing to prune it")
-    stats = _statistics(model, pairs, criterion, calibration)
-    masks = compute_masks(model, plan, criterion, generator=generator, _stats=stats)
     report = ApplyReport()
+    if criterion in STRUCTURED:
+        stats, masks = {}, _structured_masks(pairs, criterion, options, report.notes)
+    else:
+        stats = _statistics(model, pairs, criterion, calibration)
+        masks = compute_masks(model, plan, criterion, generator=generator, _stats=stats)
     shifts = {}
     if criterion == "elimination-compensation":
         from planner.pruning.compensation import sequential_bias_correction
@@ -193,13 +221,27 @@ def apply_plan(model, plan: Plan, criterion: str = "magnitude", calibration=None
             elif criterion == "elimination-compensation" and layer.name not in stats:
                 crit = "magnitude"
             weight = weight_of(module, layer.name)
-            if rescale and 0 < layer.keep < layer.size:
-                weight.mul_(1.0 / math.sqrt(layer.keep / layer.size))
+            kept = int(mask.sum())  # a structured pattern may keep another count than planned
+            if rescale and 0 < kept < layer.size:
+                weight.mul_(1.0 / math.sqrt(kept / layer.size))
         # masks of the random criterion are drawn on the CPU: move them to the weight's device
         prune.custom_from_mask(module, split_weight_name(layer.name)[1],
                                mask.to(device=weight.device, dtype=weight.dtype))
-        report.layers.append(AppliedLayer(layer.name, layer.size, layer.keep, int(mask.sum()), crit))
+        if criterion in STRUCTURED:
+            crit = _describe_structured(criterion, options)
+        report.layers.append(AppliedLayer(layer.name, layer.size, layer.keep, kept, crit))
     return report
+
+
+def _describe_structured(criterion, options) -> str:
+    options = options or {}
+    if criterion == "bcr":
+        text = f"bcr {options.get('block')}"
+        for key in ("keep_rows", "keep_cols"):
+            if options.get(key) is not None:
+                text += f" {key.replace('_', '-')} {options[key]:g}"
+        return text
+    return f"{criterion} {options.get('pattern')}" if options.get("pattern") else criterion
 
 
 def finalize(model) -> list[str]:

@@ -39,7 +39,16 @@ from typing import Any, Callable, Sequence
 from planner.errors import PlannerError
 
 EXECUTORS = ("local", "ray")
-_NO_SHARED = object()
+
+
+class _NoShared:
+    """No shared object; unpickles to the same module-level instance in every worker."""
+
+    def __reduce__(self):
+        return "_NO_SHARED"
+
+
+_NO_SHARED = _NoShared()
 
 
 class ExecutorError(PlannerError):
@@ -391,6 +400,9 @@ def _stop_pool(pool, abort: bool) -> None:
     for p in processes:
         try:
             p.join(5)
+            if p.is_alive():
+                p.kill()
+                p.join(5)
         except (OSError, ValueError, AssertionError):
             pass
 

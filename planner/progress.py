@@ -19,8 +19,8 @@ class Reporter:
     it; ``line(text)`` prints a plain line when stderr is not a terminal."""
 
     def __init__(self, *, tty: bool, label: Callable[[Hashable], str] | None, prefix: str,
-                 interval: float, quiet_for: float):
-        self.tty, self.label, self.prefix = tty, label, prefix
+                 interval: float, quiet_for: float, eta: bool = False):
+        self.tty, self.label, self.prefix, self.eta = tty, label, prefix, eta
         self.interval, self.quiet_for = interval, quiet_for
         self.started = time.monotonic()
         self._last_line = None
@@ -48,7 +48,9 @@ class Reporter:
             if self._last_line is not None and now - self._last_line < self.interval and done < total:
                 return
             self._last_line = now
-            self._print(f"{name} {done}/{total} ({now - self.started:.0f} s)")
+            elapsed = now - self.started
+            left = f", about {_duration(elapsed / done * (total - done))} left" if self.eta and 0 < done < total else ""
+            self._print(f"{name} {done}/{total} ({elapsed:.0f} s{left})")
 
     def describe(self, key: Hashable, description: str) -> None:
         self._names[key] = description
@@ -67,10 +69,13 @@ class Reporter:
     # ---------------------------------------------------------------- lifetime
     def _open(self) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
 
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+        if self.eta:
+            columns += [TextColumn("left"), TimeRemainingColumn()]
+        self._bar = Progress(*columns, console=Console(stderr=True), transient=True)
         self._bar.__enter__()
 
     def _close(self, *exc) -> None:
@@ -78,14 +83,26 @@ class Reporter:
             self._bar.__exit__(*exc)
 
 
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
 @contextmanager
 def reporter(enabled: bool = True, *, label: Callable[[Hashable], str] | None = None,
-             prefix: str = "sparsity-planner", interval: float = 10.0, quiet_for: float = 2.0):
-    """Yields a :class:`Reporter`, or ``None`` when ``enabled`` is false."""
+             prefix: str = "sparsity-planner", interval: float = 10.0, quiet_for: float = 2.0,
+             eta: bool = False):
+    """Yields a :class:`Reporter`, or ``None`` when ``enabled`` is false. ``eta`` adds the time
+    left (from the mean time per step so far) to the bars and the lines."""
     if not enabled:
         yield None
         return
-    rep = Reporter(tty=sys.stderr.isatty(), label=label, prefix=prefix, interval=interval, quiet_for=quiet_for)
+    rep = Reporter(tty=sys.stderr.isatty(), label=label, prefix=prefix, interval=interval, quiet_for=quiet_for,
+                   eta=eta)
     if rep.tty:
         rep._open()
     try:

@@ -53,12 +53,19 @@ def _parse_densities(text: str) -> list[float]:
               show_default=True, help="Rank model of the plans' bounds.")
 @click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=1, show_default=True,
               help="torch threads (the layers are tiny: one is fastest).")
+@click.option("--executor", type=click.Choice(("local", "ray")), default="local", show_default=True,
+              help="Where the jobs run: processes of this machine, or Ray tasks.")
+@click.option("--jobs", "n_jobs", type=click.IntRange(1, MAX_THREADS), default=None,
+              help="Jobs at once [default: 1 with local (in this process); every CPU of the Ray cluster].")
+@click.option("--address", default=None,
+              help="Ray cluster to join: auto, HOST:PORT or ray://HOST:10001 [default: a local Ray instance].")
 @click.option("--out", "out_dir", type=click.Path(), default=None,
-              help="Write results.csv, results.json, summary.md and the plots here.")
+              help="Write results.csv, results.json, summary.md and the plots here; every finished job is "
+                   "kept in its jobs/ and a rerun skips those.")
 @click.option("--no-progress", is_flag=True, help="No progress bars or progress lines on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of tables.")
 def compare_command(dataset, data_dir, arch, densities, strategies, seeds, epochs, finetune_epochs, lr, momentum,
-                    batch_size, rank_model, threads, out_dir, no_progress, as_json):
+                    batch_size, rank_model, threads, executor, n_jobs, address, out_dir, no_progress, as_json):
     """Train, prune by each strategy, fine-tune and compare test accuracy."""
     from planner.experiments.compare import compare, parse_strategies
     from planner.experiments.report import markdown_table, verdict_table, write_outputs
@@ -72,14 +79,26 @@ def compare_command(dataset, data_dir, arch, densities, strategies, seeds, epoch
     lr = lr if lr is not None else (0.1 if digits else 0.01)
     dens = _parse_densities(densities)
     strats = parse_strategies(strategies)
+    if address is not None and executor != "ray":
+        raise click.UsageError("--address is for --executor ray")
+    if executor == "ray":
+        from planner.experiments.executor import ray_available
+
+        if not ray_available():
+            raise click.UsageError("--executor ray needs Ray: pip install 'sparsity-planner[ray]'")
+    resume_dir = None
     if out_dir is not None:  # before the training, not after it
+        from pathlib import Path
+
         from planner.fileio import check_writable_dir
 
         check_writable_dir(out_dir, "--out directory")
+        resume_dir = Path(out_dir) / "jobs"
     started = time.perf_counter()
     result = compare(dataset, arch, dens, strats, seeds, epochs=epochs, finetune_epochs=finetune_epochs, lr=lr,
                      momentum=momentum, batch_size=batch_size, data_dir=data_dir, rank_model=rank_model,
-                     progress=not no_progress, threads=threads)
+                     progress=not no_progress, threads=threads, executor=executor, n_jobs=n_jobs,
+                     address=address, resume_dir=resume_dir)
     written = write_outputs(result, out_dir) if out_dir is not None else []
     elapsed = time.perf_counter() - started
     if as_json:

@@ -23,13 +23,14 @@ comparison) and a row does not depend on which other strategies or densities wer
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import numbers
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
+
+import numpy as np
 
 from planner.errors import PlannerError
 
@@ -201,42 +202,34 @@ def _sensitivity_table(model, calibration, density, arch):
 
 
 class _Progress:
-    """The experiment's progress: a bar of runs and one of the current run's epochs on a terminal,
-    one line per seed otherwise (:mod:`planner.progress`), or nothing."""
+    """A bar over the jobs with the time left on a terminal, a line every 10 s otherwise
+    (:mod:`planner.progress`), or nothing. Jobs read back from ``--out`` are not counted: the
+    bar and its estimate are over the jobs this run does."""
 
-    def __init__(self, enabled: bool, total_runs: int, n_seeds: int):
+    def __init__(self, enabled: bool, total: int, reused: int):
         from planner.progress import reporter
 
-        self.total_runs, self.runs, self.epochs = total_runs, 0, 1
-        self._context = reporter(enabled, prefix="compare", interval=float("inf"), quiet_for=float("inf"))
+        self._context = reporter(enabled, prefix="compare", eta=True)
         self._rep = None
+        self.total, self.done, self.reused = total, 0, reused
 
     def __enter__(self):
         self._rep = self._context.__enter__()
-        if self._rep is not None:
-            self._rep.update("runs", 0, self.total_runs)
+        self._show()
         return self
 
     def __exit__(self, *exc):
         return self._context.__exit__(*exc)
 
-    def start(self, label: str, epochs: int) -> None:
-        self.epochs = max(epochs, 1)
-        if self._rep is not None:
-            self._rep.update("epochs", 0, self.epochs, description=label)
+    def result(self, index, job, result, from_store: bool) -> None:
+        if not from_store:
+            self.done += 1
+            self._show()
 
-    def epoch(self, done: int) -> None:
+    def _show(self) -> None:
         if self._rep is not None:
-            self._rep.update("epochs", done, self.epochs)
-
-    def run_done(self) -> None:
-        self.runs += 1
-        if self._rep is not None:
-            self._rep.update("runs", self.runs, self.total_runs)
-
-    def line(self, text: str) -> None:
-        if self._rep is not None:
-            self._rep.line(text)
+            name = "jobs" + (f" ({self.reused} done before)" if self.reused else "")
+            self._rep.update("jobs", self.done, self.total, description=name)
 
 
 # ------------------------------------------------------------------------------ the experiment
@@ -286,6 +279,10 @@ def compare(
     workers: int | None = None,
     threads: int | None = 1,
     data: tuple | None = None,
+    executor: str = "local",
+    n_jobs: int | None = None,
+    address: str | None = None,
+    resume_dir=None,
 ) -> Comparison:
     """Train, prune by every strategy at every density, fine-tune, measure: one row per
     (strategy, density, seed) with ``accuracy``, ``log2_bound``, realized per-layer
@@ -293,7 +290,16 @@ def compare(
     list; :func:`planner.experiments.report.write_outputs` writes the files of ``--out``.
     ``data`` (X_train, y_train, X_test, y_test) replaces loading ``dataset``. ``threads`` is torch's intra-op thread count during the run
     (restored afterwards; ``None`` leaves it): the layers are so small that one thread is
-    fastest, and on a busy machine two threads were measured 15x slower than one."""
+    fastest, and on a busy machine two threads were measured 15x slower than one.
+
+    The runs are jobs of :func:`planner.experiments.executor.run_jobs`: one dense training per
+    seed, then one job per (seed, density, strategy). ``executor`` (``local`` or ``ray``),
+    ``n_jobs`` and ``address`` say where they run (``local`` with one job: in this process, the
+    default); the rows are the same, in the same order, for every executor and ``n_jobs``.
+    ``resume_dir`` keeps every finished job (``--out``'s ``jobs/``): a rerun skips them; it
+    refuses a directory holding jobs of other settings (:class:`~planner.experiments.executor.
+    StoreMismatchError`). ``cache`` and ``workers`` apply to jobs run in this process; worker
+    processes use their default rank cache and plan in one process each."""
     import torch
 
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
@@ -305,19 +311,20 @@ def compare(
         return _compare(dataset, arch, densities, strategies, seeds, epochs=epochs,
                         finetune_epochs=finetune_epochs, lr=lr, batch_size=batch_size, momentum=momentum,
                         data_dir=data_dir, rank_model=rank_model, progress=progress, cache=cache,
-                        workers=workers, data=data)
+                        workers=workers, data=data, threads=threads, executor=executor, n_jobs=n_jobs,
+                        address=address, resume_dir=resume_dir)
     finally:
         torch.set_num_threads(saved_threads)
 
 
 def _compare(dataset, arch, densities, strategies, seeds, *, epochs, finetune_epochs, lr, batch_size, momentum,
-             data_dir, rank_model, progress, cache, workers, data) -> Comparison:
+             data_dir, rank_model, progress, cache, workers, data, threads, executor, n_jobs, address,
+             resume_dir) -> Comparison:
     import torch
 
-    from planner.pruning.masks import apply_plan, finalize
     from planner.core.arch import Architecture
     from planner.experiments.data import CLASSES, FEATURES, load_dataset
-    from planner.experiments.training import evaluate, make_mlp, train
+    from planner.experiments.executor import EXECUTORS, Executor, Job, ResultStore
     from planner.core.rank import RANK_MODELS
 
     net = Architecture.parse(arch) if isinstance(arch, str) else arch
@@ -345,17 +352,17 @@ def _compare(dataset, arch, densities, strategies, seeds, *, epochs, finetune_ep
         raise ExperimentError(f"the learning rate must be a positive number, got {lr!r}")
     if not (isinstance(momentum, (int, float)) and 0 <= momentum < 1):
         raise ExperimentError(f"momentum must be in [0, 1), got {momentum!r}")
+    if executor not in EXECUTORS:
+        raise ExperimentError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
 
     X_tr, y_tr, X_te, y_te = load_dataset(key, data_dir) if data is None else data
     if X_tr.shape[1] != net.input_size:
         raise ExperimentError(f"--arch {net}: input size {net.input_size} does not match the data's "
                               f"{X_tr.shape[1]} features")
-    n_classes = net.output_size
-    X_tr, X_te = torch.as_tensor(X_tr, dtype=torch.float32), torch.as_tensor(X_te, dtype=torch.float32)
-    y_tr, y_te = torch.as_tensor(y_tr, dtype=torch.int64), torch.as_tensor(y_te, dtype=torch.int64)
-
-    from planner.allocation.request import layers_from_arch
-    from planner.pruning.model import model_weights
+    arrays = tuple(np.ascontiguousarray(a) for a in (X_tr, y_tr, X_te, y_te))
+    in_process = executor == "local" and (n_jobs or 1) == 1
+    shared = {"fingerprint": _fingerprint(arrays), "data": arrays, "cache": cache if in_process else None,
+              "workers": workers if in_process else (workers or 1)}
 
     layer_names = net.layer_names
     config = {
@@ -365,47 +372,161 @@ def _compare(dataset, arch, densities, strategies, seeds, *, epochs, finetune_ep
         "criterion": "magnitude", "output_layer": "dense", "rank_model": rank_model,
         "train_size": int(len(X_tr)), "test_size": int(len(X_te)), "torch": torch.__version__,
     }
-    rows: list[dict] = []
-    dense_rows: list[dict] = []
+    # what every job's result depends on besides its own seed, strategy and density: a store
+    # holding jobs of other settings is refused (meta), and each job is keyed by all of it
+    fixed = {"command": "compare", "data": shared["fingerprint"], "dataset": key, "arch": list(net.sizes),
+             "epochs": int(epochs), "finetune_epochs": int(finetune_epochs), "lr": float(lr),
+             "batch_size": int(batch_size), "momentum": float(momentum), "rank_model": rank_model,
+             "threads": threads, "torch": torch.__version__}
+    store = ResultStore(resume_dir, fixed) if resume_dir is not None else None
+    dense_jobs = [Job(_dense_job, (dict(fixed, seed=seed),), spec=dict(fixed, job="dense", seed=seed),
+                      label=f"seed {seed}: dense training") for seed in seeds]
+    pruned_specs = [dict(fixed, job="pruned", seed=seed, density=density, strategy=strategy)
+                    for seed in seeds for density in densities for strategy in strategies]
+
+    def pruned_job(spec, trained=None) -> Job:
+        return Job(_pruned_job, (spec, trained), spec=spec,
+                   label=f"seed {spec['seed']}: {spec['strategy']} at {spec['density']:g}")
+
+    every = dense_jobs + [pruned_job(spec) for spec in pruned_specs]  # the keys do not depend on `trained`
+    reused = sum(store.load(job)[0] for job in every) if store is not None else 0
     started = time.perf_counter()
-    total_runs = len(seeds) * (1 + len(densities) * len(strategies))
-    with _Progress(progress, total_runs, len(seeds)) as bar:
-        for si, seed in enumerate(seeds):
-            t0 = time.perf_counter()
-            bar.start(f"seed {seed}: dense training", epochs)
-            dense = make_mlp(net.sizes, seed)
-            train(dense, X_tr, y_tr, epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum,
-                  generator=torch.Generator().manual_seed(_stream(seed, 0)), on_epoch=bar.epoch)
-            dense_acc, dense_recall = evaluate(dense, X_te, y_te, n_classes)
-            dense_rows.append({"seed": seed, "accuracy": dense_acc, "per_class_recall": dense_recall})
-            bar.run_done()
-            weights, _ = model_weights(dense, layers_from_arch(net))
-            calibration = Calibration(X_tr, y_tr)
-            for density in densities:
-                for strategy in strategies:
-                    bar.start(f"seed {seed}: {strategy} at {density:g}", finetune_epochs)
-                    p = strategy_plan(strategy, net, density, seed=seed, rank_model=rank_model,
-                                      weights=weights, cache=cache, workers=workers, model=dense,
-                                      calibration=calibration)
-                    model = copy.deepcopy(dense)
-                    apply_plan(model, p, criterion="magnitude")
-                    pruned_acc, _ = evaluate(model, X_te, y_te, n_classes)
-                    train(model, X_tr, y_tr, epochs=finetune_epochs, lr=lr, batch_size=batch_size,
-                          momentum=momentum, generator=torch.Generator().manual_seed(_stream(seed, 1)),
-                          on_epoch=bar.epoch)
-                    realized, kept = _realized(model, p)
-                    finalize(model)
-                    acc, recall = evaluate(model, X_te, y_te, n_classes)
-                    rows.append({
-                        "strategy": strategy, "density": density, "seed": seed, "accuracy": acc,
-                        "accuracy_pruned": pruned_acc, "dense_accuracy": dense_acc,
-                        "log2_bound": p.log2_bound, "kept": kept, "densities": realized,
-                        "plan_densities": [layer.density for layer in p.layers], "per_class_recall": recall,
-                    })
-                    bar.run_done()
-            bar.line(f"seed {seed} ({si + 1}/{len(seeds)}): dense accuracy {dense_acc:.4f}, "
-                     f"{len(densities) * len(strategies)} pruned runs, {time.perf_counter() - t0:.1f} s")
+    with _Progress(progress, len(every) - reused, reused) as bar, \
+            Executor(executor, n_jobs, address, shared) as runner:
+        dense = runner.run(dense_jobs, store=store, on_result=bar.result)
+        trained = {d["seed"]: d for d in dense}
+        rows = runner.run([pruned_job(spec, trained[spec["seed"]]) for spec in pruned_specs], store=store,
+                          on_result=bar.result)
+    dense_rows = [{"seed": d["seed"], "accuracy": d["accuracy"], "per_class_recall": d["per_class_recall"]}
+                  for d in dense]
     return Comparison(rows, dense_rows, config, time.perf_counter() - started)
+
+
+# ------------------------------------------------------------------------------ the jobs
+
+
+def _fingerprint(arrays) -> str:
+    """SHA-256 of the data (shapes, dtypes, bytes): jobs of other data are never reused."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+_TENSORS: dict = {}
+
+
+def _tensors(shared):
+    """The shared data as tensors, converted once per process."""
+    import torch
+
+    fp = shared["fingerprint"]
+    if fp not in _TENSORS:
+        _TENSORS.clear()
+        X_tr, y_tr, X_te, y_te = (np.array(a) for a in shared["data"])  # a copy: Ray's arrays are read-only
+        _TENSORS[fp] = (torch.as_tensor(X_tr, dtype=torch.float32), torch.as_tensor(y_tr, dtype=torch.int64),
+                        torch.as_tensor(X_te, dtype=torch.float32), torch.as_tensor(y_te, dtype=torch.int64))
+    return _TENSORS[fp]
+
+
+class _Threads:
+    """torch's intra-op thread count for the duration of a job (``None``: leave it)."""
+
+    def __init__(self, threads):
+        self.threads, self.saved = threads, None
+
+    def __enter__(self):
+        import torch
+
+        self.saved = torch.get_num_threads()
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self.saved)
+
+
+def _check_torch(spec) -> None:
+    import torch
+
+    if torch.__version__ != spec["torch"]:
+        raise ExperimentError(f"this worker runs torch {torch.__version__}, the sweep torch {spec['torch']}: "
+                              "results would differ; install the same torch on every node")
+
+
+def _encode_state(model) -> dict:
+    import base64
+
+    return {name: {"dtype": str(t.numpy().dtype), "shape": list(t.shape),
+                   "data": base64.b64encode(np.ascontiguousarray(t.detach().numpy()).tobytes()).decode("ascii")}
+            for name, t in model.state_dict().items()}
+
+
+def _decode_state(state: dict) -> dict:
+    import base64
+
+    import torch
+
+    return {name: torch.from_numpy(np.frombuffer(base64.b64decode(v["data"]), dtype=np.dtype(v["dtype"]))
+                                   .reshape(v["shape"]).copy()) for name, v in state.items()}
+
+
+def _dense_job(shared, spec) -> dict:
+    """Train the dense model of one seed: its test accuracy, recall and weights."""
+    import torch
+
+    from planner.experiments.training import evaluate, make_mlp, train
+
+    _check_torch(spec)
+    X_tr, y_tr, X_te, y_te = _tensors(shared)
+    seed = spec["seed"]
+    with _Threads(spec["threads"]):
+        model = make_mlp(spec["arch"], seed)
+        train(model, X_tr, y_tr, epochs=spec["epochs"], lr=spec["lr"], batch_size=spec["batch_size"],
+              momentum=spec["momentum"], generator=torch.Generator().manual_seed(_stream(seed, 0)))
+        acc, recall = evaluate(model, X_te, y_te, spec["arch"][-1])
+    return {"seed": seed, "accuracy": acc, "per_class_recall": recall, "state": _encode_state(model)}
+
+
+def _pruned_job(shared, spec, dense) -> dict:
+    """Plan one strategy at one density, prune the seed's dense model, fine-tune, measure: a row."""
+    import torch
+
+    from planner.allocation.request import layers_from_arch
+    from planner.core.arch import Architecture
+    from planner.experiments.training import evaluate, make_mlp, train
+    from planner.pruning.masks import apply_plan, finalize
+    from planner.pruning.model import model_weights
+
+    _check_torch(spec)
+    X_tr, y_tr, X_te, y_te = _tensors(shared)
+    seed, density, strategy, n_classes = spec["seed"], spec["density"], spec["strategy"], spec["arch"][-1]
+    net = Architecture.parse(",".join(map(str, spec["arch"])))
+    with _Threads(spec["threads"]):
+        model = make_mlp(spec["arch"], seed)
+        model.load_state_dict(_decode_state(dense["state"]))
+        weights, _ = model_weights(model, layers_from_arch(net))
+        p = strategy_plan(strategy, net, density, seed=seed, rank_model=spec["rank_model"], weights=weights,
+                          cache=shared["cache"], workers=shared["workers"], model=model,
+                          calibration=Calibration(X_tr, y_tr))
+        apply_plan(model, p, criterion="magnitude")
+        pruned_acc, _ = evaluate(model, X_te, y_te, n_classes)
+        train(model, X_tr, y_tr, epochs=spec["finetune_epochs"], lr=spec["lr"], batch_size=spec["batch_size"],
+              momentum=spec["momentum"], generator=torch.Generator().manual_seed(_stream(seed, 1)))
+        realized, kept = _realized(model, p)
+        finalize(model)
+        acc, recall = evaluate(model, X_te, y_te, n_classes)
+    return {
+        "strategy": strategy, "density": density, "seed": seed, "accuracy": acc,
+        "accuracy_pruned": pruned_acc, "dense_accuracy": dense["accuracy"],
+        "log2_bound": p.log2_bound, "kept": kept, "densities": realized,
+        "plan_densities": [layer.density for layer in p.layers], "per_class_recall": recall,
+    }
 
 
 def _stream(seed: int, stream: int) -> int:

@@ -281,13 +281,14 @@ def plan_nodes(arch=None, *, layers=None, architecture_info=None, density=None, 
         raise ProblemError(f"a neuron plan takes solver {', '.join(NODE_SOLVERS)}, not {solver!r}")
     if layers is not None:
         layers = list(layers)
+        if any(not (layer.in_bound or layer is layers[-1]) for layer in layers):
+            bad = next(layer.name for layer in layers if not (layer.in_bound or layer is layers[-1]))
+            raise ProblemError(f"neuron plans prune MLPs of Linear layers; {bad} is not part of the trailing "
+                               "Linear chain (a convolution?)")
         for a, b in zip(layers, layers[1:]):
             if a.rows != b.cols:
                 raise ProblemError(f"neuron plans need a chain of Linear layers: {a.name} has {a.rows} outputs "
                                    f"but {b.name} takes {b.cols} inputs")
-        if any(not (layer.in_bound or layer is layers[-1]) for layer in layers):
-            bad = next(layer.name for layer in layers if not (layer.in_bound or layer is layers[-1]))
-            raise ProblemError(f"neuron plans prune MLPs of Linear layers; {bad} is not part of the Linear chain")
         sizes = [layers[0].cols] + [layer.rows for layer in layers]
         names = [layer.name for layer in layers]
         info = dict(architecture_info or {}, sizes=sizes)

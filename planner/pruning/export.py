@@ -52,8 +52,11 @@ from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal, localcontext
 
 from planner.errors import PlanFormatError
 from planner.allocation.planfile import Plan, PlanLayer
+from planner.pruning.export_nodes import export_torch_pruning
 
-FORMATS = ("nni", "torch-ao", "sparseml", "torch-prune")
+FORMATS = ("nni", "torch-ao", "sparseml", "torch-prune", "torch-pruning")
+#: formats of neuron plans (planner/pruning/export_nodes.py); the others are per weight
+NEURON_FORMATS = ("torch-pruning",)
 
 # SparseML schedule: the values of GMPruningModifier's documented sample recipe. They are the
 # training-loop side of the recipe, which the plan knows nothing about: edit them to fit.
@@ -69,6 +72,10 @@ def export_plan(plan: Plan, to: str) -> str:
     if not isinstance(to, str) or to not in FORMATS:
         raise PlanFormatError(f"unknown export format {to!r}; choose one of {', '.join(FORMATS)}")
     layers = _prunable_layers(plan)
+    if (to in NEURON_FORMATS) != plan.is_neurons:
+        if to in NEURON_FORMATS:
+            raise PlanFormatError(f"--to {to} exports neuron plans (plan --granularity neurons); this plan is per weight")
+        raise PlanFormatError(f"--to {to} prunes single weights; a neuron plan exports --to {'|'.join(NEURON_FORMATS)}")
     return _EXPORTERS[to](plan, layers)
 
 
@@ -327,4 +334,5 @@ _EXPORTERS = {
     "torch-ao": _export_torch_ao,
     "sparseml": _export_sparseml,
     "torch-prune": _export_torch_prune,
+    "torch-pruning": lambda plan, _layers: export_torch_pruning(plan),
 }

@@ -219,7 +219,7 @@ class NodeReport:
         }
 
 
-def _chain(model, plan):
+def check_neuron_plan(model, plan):
     """The plan's Linear modules, checked: the plan is a neuron plan that fits the model, and the
     model has no parameters outside those layers (a BatchNorm between them would need shrinking)."""
     import torch.nn as nn
@@ -315,7 +315,7 @@ def prune_nodes(model, plan, criterion: str, *, calibration=None, labels=None, s
         raise PlannerError(f"unknown DPP mode {dpp_mode!r}; choose one of {', '.join(DPP_MODES)}")
     if candidates is not None and candidates < 1:
         raise PlannerError(f"candidates must be at least 1, got {candidates}")
-    modules = _chain(model, plan)
+    modules = check_neuron_plan(model, plan)
     do_reweight = REWEIGHT_DEFAULT[criterion] if reweight_weights is None else bool(reweight_weights)
     needs_data = criterion != "random" or do_reweight
     if needs_data and calibration is None:

@@ -54,9 +54,10 @@ from planner.errors import PlanFormatError
 from planner.allocation.planfile import Plan, PlanLayer
 from planner.pruning.export_nodes import export_torch_pruning
 
-FORMATS = ("nni", "torch-ao", "sparseml", "torch-prune", "torch-pruning")
-#: formats of neuron plans (planner/pruning/export_nodes.py); the others are per weight
+FORMATS = ("nni", "torch-ao", "sparseml", "torch-prune")
+#: formats of neuron plans (planner/pruning/export_nodes.py); FORMATS are the weight plans'
 NEURON_FORMATS = ("torch-pruning",)
+ALL_FORMATS = FORMATS + NEURON_FORMATS
 
 # SparseML schedule: the values of GMPruningModifier's documented sample recipe. They are the
 # training-loop side of the recipe, which the plan knows nothing about: edit them to fit.
@@ -68,9 +69,9 @@ SPARSEML_KEY_DECIMALS = 4
 
 
 def export_plan(plan: Plan, to: str) -> str:
-    """The text of ``plan`` in the format ``to`` (one of :data:`FORMATS`)."""
-    if not isinstance(to, str) or to not in FORMATS:
-        raise PlanFormatError(f"unknown export format {to!r}; choose one of {', '.join(FORMATS)}")
+    """The text of ``plan`` in the format ``to`` (one of :data:`ALL_FORMATS`)."""
+    if not isinstance(to, str) or to not in ALL_FORMATS:
+        raise PlanFormatError(f"unknown export format {to!r}; choose one of {', '.join(ALL_FORMATS)}")
     layers = _prunable_layers(plan)
     if (to in NEURON_FORMATS) != plan.is_neurons:
         if to in NEURON_FORMATS:

@@ -31,6 +31,7 @@ class PlanLayer:
     #: what decided the keep-count: "bound", "sensitivity", "global density", "frozen", a baseline
     rule: str | None = None
     why: str | None = None  # why the layer is outside the bound
+    keep_neurons: int | None = None  # neuron plans: the layer's kept outputs (rows)
 
     @property
     def size(self) -> int:
@@ -60,6 +61,8 @@ class PlanLayer:
             d["rule"] = self.rule
         if self.why:
             d["why"] = self.why
+        if self.keep_neurons is not None:
+            d["keep_neurons"] = self.keep_neurons
         return d
 
 
@@ -76,8 +79,13 @@ class Plan:
     objective: dict = field(default_factory=dict)
     solver: dict = field(default_factory=dict)
     seed: int = 0
+    granularity: str = "weights"  # "neurons": a neuron plan (planner.allocation.nodes)
 
     # ------------------------------------------------------------------ views
+    @property
+    def is_neurons(self) -> bool:
+        return self.granularity == "neurons"
+
     @property
     def prunable(self) -> int:
         return sum(layer.size for layer in self.layers if not layer.frozen)
@@ -105,7 +113,7 @@ class Plan:
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict:
-        return {
+        d = {
             "format": FORMAT,
             "architecture": self.architecture,
             "strategy": self.strategy,
@@ -119,6 +127,9 @@ class Plan:
             "solver": self.solver,
             "seed": self.seed,
         }
+        if self.granularity != "weights":  # weight plans keep their bytes
+            d["granularity"] = self.granularity
+        return d
 
     def to_json(self) -> str:
         """Deterministic text: no timestamps or timings, fixed key order, trailing newline."""
@@ -182,9 +193,38 @@ class Plan:
                     f"{where}: density {raw['density']!r} does not match keep/size = {keep / (rows * cols)!r}"
                 )
             layers.append(PlanLayer(name, rows, cols, keep, raw.get("frozen", False), raw.get("in_bound", False),
-                                    raw.get("expected_rank"), raw.get("rule"), raw.get("why")))
+                                    raw.get("expected_rank"), raw.get("rule"), raw.get("why"),
+                                    raw.get("keep_neurons")))
+        granularity = data.get("granularity", "weights")
+        if granularity == "neurons":
+            _check_neurons(layers)
         return cls(data["architecture"], data["strategy"], data["target"], layers, data.get("input_dim"),
-                   data.get("objective", {}), data.get("solver", {}), data.get("seed", 0))
+                   data.get("objective", {}), data.get("solver", {}), data.get("seed", 0), granularity)
+
+
+def _check_neurons(layers: list[PlanLayer]) -> None:
+    """A neuron plan is a chain (rows of one layer = cols of the next) whose every layer keeps
+    keep_neurons x (the previous layer's keep_neurons, or all inputs) weights, and whose output
+    layer keeps every output."""
+    prev = None
+    for i, layer in enumerate(layers):
+        where = f"layers[{i}] ({layer.name})"
+        if layer.keep_neurons is None:
+            raise PlanFormatError(f"{where}: a neuron plan needs keep_neurons on every layer")
+        if layer.keep_neurons > layer.rows:
+            raise PlanFormatError(f"{where}: keep_neurons {layer.keep_neurons} above the width {layer.rows}")
+        if prev is not None and prev.rows != layer.cols:
+            raise PlanFormatError(f"{where}: takes {layer.cols} inputs but {prev.name} has {prev.rows} outputs")
+        inputs = layer.cols if prev is None else prev.keep_neurons
+        if layer.keep != layer.keep_neurons * inputs:
+            raise PlanFormatError(f"{where}: keep {layer.keep} is not keep_neurons x kept inputs = "
+                                  f"{layer.keep_neurons} x {inputs}")
+        if layer.frozen:
+            raise PlanFormatError(f"{where}: a neuron plan has no frozen layers")
+        prev = layer
+    if layers[-1].keep_neurons != layers[-1].rows:
+        raise PlanFormatError(f"layers[{len(layers) - 1}] ({layers[-1].name}): the output layer keeps all "
+                              f"{layers[-1].rows} outputs")
 
 
 @functools.lru_cache(maxsize=1)

@@ -7,6 +7,10 @@ import click
 from planner.cli.common import check_output, load_model, model_options, print_json, table, with_options
 from planner.limits import MAX_SEED
 from planner.pruning.masks import CRITERIA
+from planner.pruning.nodes import DPP_MODES, NODE_CRITERIA
+
+#: every criterion apply takes: the weight criteria, then the neuron plans' (random serves both)
+ALL_CRITERIA = CRITERIA + tuple(c for c in NODE_CRITERIA if c not in CRITERIA)
 
 #: options of the structured criteria (planner.pruning.masks.STRUCTURED): option -> the criterion it needs
 STRUCTURED_OPTIONS = {"block": "bcr", "keep_rows": "bcr", "keep_cols": "bcr", "compact": "bcr", "pattern": "nm"}
@@ -47,7 +51,7 @@ def structured_settings(criterion, **given) -> dict | None:
 @click.command(name="apply")
 @with_options(model_options)
 @click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False), help="Plan file to apply.")
-@click.option("--criterion", type=click.Choice(CRITERIA),
+@click.option("--criterion", type=click.Choice(ALL_CRITERIA),
               default="magnitude", show_default=True, help="Which weights a layer keeps.")
 @click.option("--calibration", type=click.Path(dir_okay=False), default=None,
               help=".npy batch of model inputs (elimination-compensation).")
@@ -57,8 +61,19 @@ def structured_settings(criterion, **given) -> dict | None:
               help="Where to write the pruned, finalized state dict.")
 @click.option("--json", "as_json", is_flag=True, help="Print the realized densities as JSON.")
 @with_options(structured_options)
+@click.option("--labels", type=click.Path(dir_okay=False), default=None,
+              help="Neuron plans: .npy labels of the calibration batch (greedy-forward then minimizes cross-entropy).")
+@click.option("--dpp-mode", type=click.Choice(DPP_MODES), default="sample", show_default=True,
+              help="Neuron plans, dpp: sample the k-DPP (seeded) or take its greedy MAP.")
+@click.option("--dpp-beta", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Neuron plans, dpp: kernel width beta (default 1 / median squared distance).")
+@click.option("--candidates", type=click.IntRange(min=1), default=None,
+              help="Neuron plans, greedy-forward: neurons tried per step (default all).")
+@click.option("--reweight/--no-reweight", default=None,
+              help="Neuron plans: fold removed neurons' outgoing weights into kept ones by least squares "
+                   "(default: on for dpp and greedy-forward, off otherwise).")
 def apply_command(model_spec, weights, input_shape, plan_path, criterion, calibration, rescale, seed, output,
-                  as_json, **structured):
+                  as_json, **extra):
     """Prune a torch model to a plan and save the finalized state dict."""
     import io
 
@@ -71,12 +86,23 @@ def apply_command(model_spec, weights, input_shape, plan_path, criterion, calibr
 
     if model_spec is None:
         raise click.UsageError("give --model package.module:factory")
+    structured = {k: extra.pop(k) for k in STRUCTURED_OPTIONS}
+    node_options = extra
     options = structured_settings(criterion, **structured)
     check_output(output)
     if structured["compact"] is not None:
         check_output(structured["compact"], "--compact file")
     plan_obj = Plan.load(plan_path)
     model = load_model(model_spec, weights)
+    if plan_obj.is_neurons:
+        from planner.cli.nodes import apply_neurons
+
+        return apply_neurons(click.get_current_context(), model=model, plan=plan_obj, criterion=criterion,
+                             calibration=calibration, labels=node_options.pop("labels"), seed=seed, output=output,
+                             as_json=as_json, node_options=node_options)
+    from planner.cli.nodes import refuse_node_options
+
+    refuse_node_options(click.get_current_context(), criterion)
     calib = None
     if calibration is not None:
         try:

@@ -6,12 +6,12 @@ import click
 
 from planner.cli.common import check_output
 
-from planner.pruning.export import FORMATS
+from planner.pruning.export import ALL_FORMATS
 
 
 @click.command(name="export")
 @click.argument("plan_path", type=click.Path(dir_okay=False))
-@click.option("--to", "fmt", required=True, type=click.Choice(FORMATS),
+@click.option("--to", "fmt", required=True, type=click.Choice(ALL_FORMATS),
               help="Target pruner's format.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write here instead of stdout.")
 def export_command(plan_path, fmt, output):

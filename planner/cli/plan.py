@@ -73,6 +73,8 @@ DATA_OPTIONS = ("calibration", "labels", "dataset", "data_dir", "samples")
               help="Processes sampling rank distributions (default: every core; same result for any count).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the plan file here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan file to stdout instead of a table.")
+@click.option("--granularity", type=click.Choice(("weights", "neurons")), default="weights", show_default=True,
+              help="weights: keep-counts per layer; neurons: kept neurons per hidden layer (a smaller dense MLP).")
 def plan_command(arch, model_spec, weights, input_shape, strategy, prune_output, cache_dir, no_cache, workers,
                  output, as_json, sensitivity_path, **request_options):
     """Plan per-layer densities that maximize the expected linear-region bound.
@@ -83,6 +85,11 @@ def plan_command(arch, model_spec, weights, input_shape, strategy, prune_output,
 
     o = request_options
     data = {k: o.pop(k) for k in DATA_OPTIONS}
+    if o.pop("granularity") == "neurons":
+        from planner.cli.nodes import plan_neurons
+
+        return plan_neurons(click.get_current_context(), arch=arch, model_spec=model_spec, weights=weights,
+                            input_shape=input_shape, strategy=strategy, output=output, as_json=as_json, options=o)
     if (arch is None) == (model_spec is None):
         raise click.UsageError("give exactly one of --arch (e.g. 784,300,100,10) and --model (package.module:factory)")
     weight_arrays = kernel_shapes = None

@@ -53,8 +53,12 @@ from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal, localcontext
 from planner.pruning.names import split_weight_name, tensor_fqn
 from planner.errors import PlanFormatError
 from planner.allocation.planfile import Plan, PlanLayer
+from planner.pruning.export_nodes import export_torch_pruning
 
 FORMATS = ("nni", "torch-ao", "sparseml", "torch-prune")
+#: formats of neuron plans (planner/pruning/export_nodes.py); FORMATS are the weight plans'
+NEURON_FORMATS = ("torch-pruning",)
+ALL_FORMATS = FORMATS + NEURON_FORMATS
 
 # SparseML schedule: the values of GMPruningModifier's documented sample recipe. They are the
 # training-loop side of the recipe, which the plan knows nothing about: edit them to fit.
@@ -66,10 +70,14 @@ SPARSEML_KEY_DECIMALS = 4
 
 
 def export_plan(plan: Plan, to: str) -> str:
-    """The text of ``plan`` in the format ``to`` (one of :data:`FORMATS`)."""
-    if not isinstance(to, str) or to not in FORMATS:
-        raise PlanFormatError(f"unknown export format {to!r}; choose one of {', '.join(FORMATS)}")
+    """The text of ``plan`` in the format ``to`` (one of :data:`ALL_FORMATS`)."""
+    if not isinstance(to, str) or to not in ALL_FORMATS:
+        raise PlanFormatError(f"unknown export format {to!r}; choose one of {', '.join(ALL_FORMATS)}")
     layers = _prunable_layers(plan)
+    if (to in NEURON_FORMATS) != plan.is_neurons:
+        if to in NEURON_FORMATS:
+            raise PlanFormatError(f"--to {to} exports neuron plans (plan --granularity neurons); this plan is per weight")
+        raise PlanFormatError(f"--to {to} prunes single weights; a neuron plan exports --to {'|'.join(NEURON_FORMATS)}")
     return _EXPORTERS[to](plan, layers)
 
 
@@ -332,4 +340,5 @@ _EXPORTERS = {
     "torch-ao": _export_torch_ao,
     "sparseml": _export_sparseml,
     "torch-prune": _export_torch_prune,
+    "torch-pruning": lambda plan, _layers: export_torch_pruning(plan),
 }

@@ -102,9 +102,15 @@ def _hidden_linear_layers(model):
     output = [w.name for w in found.layers if not w.in_bound]
     chain = hidden + output[-1:]
     if len(found.layers) != len(chain):
-        extra = [w.name for w in found.layers if w.name not in chain]
-        raise RegionsError(f"counting regions needs an MLP of Linear and ReLU layers; layer {extra[0]} is "
-                           "not part of the final Linear chain")
+        extra = [w for w in found.layers if w.name not in chain]
+        if extra[0].why.startswith("followed by") and extra[0].why != "followed by Linear":
+            raise RegionsError(f"the output of layer {extra[0].name!r} does not reach the next layer through a "
+                               f"plain ReLU ({extra[0].why}); counting regions needs an MLP of Linear and ReLU layers")
+        if not hidden:
+            raise RegionsError("the model has no hidden ReLU layer: counting regions needs an MLP of Linear "
+                               "layers with a ReLU between")
+        raise RegionsError(f"counting regions needs an MLP of Linear and ReLU layers; layer {extra[0].name} is "
+                           f"not part of the final Linear chain ({extra[0].why})")
     return chain, [model.get_submodule(n) for n in chain]
 
 

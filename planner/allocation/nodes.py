@@ -94,16 +94,25 @@ def _key(problem: NodeProblem, widths, bound):
     return (round(bound, 9), params([problem.sizes[0], *widths, problem.sizes[-1]]), tuple(widths))
 
 
+def _score(problem: NodeProblem, head):
+    """The plan whose hidden widths but the last are ``head``, the last filled from the budget
+    left: ``(key, widths)``, or None when nothing is left for it."""
+    last = fill_last(problem, head)
+    if last is None:
+        return None
+    widths = (*head, last)
+    return _key(problem, widths, node_log2_bound(problem, widths)), widths
+
+
 def solve_exhaustive(problem: NodeProblem):
     """(widths, log2 bound, number of plans scored): the best integer plan."""
     best, scored = None, 0
     for head in itertools.product(*(range(1, n + 1) for n in problem.hidden[:-1])):
-        last = fill_last(problem, head)
-        if last is None:
+        found = _score(problem, head)
+        if found is None:
             continue
-        widths = (*head, last)
         scored += 1
-        key = _key(problem, widths, node_log2_bound(problem, widths))
+        key = found[0]
         if best is None or key > best:
             best = key
     if best is None:
@@ -196,13 +205,11 @@ def local_search(problem: NodeProblem, widths, *, max_rounds: int = 200):
                     v = widths[l] + delta
                     if not 1 <= v <= problem.hidden[l]:
                         continue
-                    head = (*widths[:l], v, *widths[l + 1:-1])
-                    last = fill_last(problem, head)
-                    if last is None:
+                    found = _score(problem, (*widths[:l], v, *widths[l + 1:-1]))
+                    if found is None:
                         continue
-                    cand = (*head, last)
                     scored += 1
-                    key = _key(problem, cand, node_log2_bound(problem, cand))
+                    key, cand = found
                     if key > best:
                         best, widths, improved = key, cand, True
                 step *= 2

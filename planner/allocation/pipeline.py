@@ -255,7 +255,8 @@ def assemble(target: Target, alloc: Allocation, extra: dict | None = None) -> Pl
                    "min_density": r.min_density, "max_density": r.max_density, "max_flops": r.max_flops}
     if r.budgets:
         plan_target["budgets"] = [{"name": e.name, "limit": int(e.limit)} for e in r.budgets]
-    return Plan(r.architecture_info, "lr-bound", plan_target, plan_layers, target.input_dim, objective,
+    return Plan(r.architecture_info, "lr-bound", plan_target, plan_layers, target.input_dim if chain else None,
+                objective,
                 {"name": alloc.solver or r.solver, "status": alloc.status,
                  **({"message": alloc.message} if alloc.message else {})},
                 r.seed)
@@ -292,7 +293,7 @@ def run(request: PlanRequest, *, cache: RankCache | None = None, workers: int | 
 def _run_without_chain(target: Target, *, cache=None, workers=None, progress=None) -> Plan:
     """A network without a ReLU chain: the sensitivity objective plans every layer, else every
     prunable layer keeps the global density (``rule: global density``, with the reason)."""
-    from planner.allocation.secondary import allocate_sensitivity
+    from planner.allocation.secondary import allocate_sensitivity, with_fixed
 
     r = target.request
     extra: dict = {}
@@ -302,20 +303,9 @@ def _run_without_chain(target: Target, *, cache=None, workers=None, progress=Non
         sa = allocate_sensitivity(target, r.sensitivity, None, cache=cache, workers=workers, progress=progress)
         keeps, status, name = sa.keeps, sa.status, "cpsat"
         message = "; ".join(m for m in (message, sa.message) if m)
-        extra = {"predicted_loss_increase": round(sa.predicted, 7),
-                 "uniform_predicted_loss_increase": None if sa.uniform_predicted is None
-                 else round(sa.uniform_predicted, 7),
-                 "sensitivity_criterion": r.sensitivity.criterion, "sensitivity_table": r.sensitivity.key}
+        extra = sa.objective_entries(r.sensitivity)
     alloc = Allocation([], None, [], None, None, status, message, solver=name)
-    plan_ = assemble(with_fixed_keeps(target, keeps), alloc, extra)
-    plan_.input_dim = None
-    return plan_
-
-
-def with_fixed_keeps(target: Target, keeps: dict) -> Target:
-    from dataclasses import replace
-
-    return replace(target, fixed={n: keeps[n] for n in target.fixed})
+    return assemble(with_fixed(target, keeps), alloc, extra)
 
 
 def _run_secondary(target: Target, *, cache=None, workers=None, progress=None) -> Plan:
@@ -326,20 +316,15 @@ def _run_secondary(target: Target, *, cache=None, workers=None, progress=None) -
     floor = None if r.bound_floor is None else BoundFloor.parse(r.bound_floor)
     scorer = keep_scorer(target, cache)
     if r.objective == "sensitivity":
-        sa = allocate_sensitivity(target, r.sensitivity, floor, cache=cache, workers=workers, progress=progress)
+        sa = allocate_sensitivity(target, r.sensitivity, floor, scorer, workers=workers, progress=progress)
         keeps = [w.size if w.frozen else sa.keeps[w.name] for w in target.chain]
         alloc = _finish(target, scorer, keeps, floor=False, certificate=None, status=sa.status, message=sa.message,
                         solver="cpsat")
-        extra = {"predicted_loss_increase": round(sa.predicted, 7),
-                 "uniform_predicted_loss_increase": None if sa.uniform_predicted is None
-                 else round(sa.uniform_predicted, 7),
-                 "sensitivity_criterion": r.sensitivity.criterion, "sensitivity_table": r.sensitivity.key}
-        if floor is not None:
-            extra.update(best_log2_bound=round(sa.best_bits, 6), floor_log2_bound=round(sa.floor_bits, 6))
-        return assemble(with_fixed(target, sa.keeps), alloc, extra)
+        return assemble(with_fixed(target, sa.keeps), alloc, sa.objective_entries(r.sensitivity))
     dgrid, cands = candidates(target)
     built = build_problem(target, dgrid, cands, cache=cache, workers=workers, progress=progress)
-    keeps, best, floor_bits = allocate_floor(target, built, floor, cache=cache, workers=workers, progress=progress)
+    keeps, best, floor_bits = allocate_floor(target, built, floor, scorer, cache=cache, workers=workers,
+                                             progress=progress)
     alloc = _finish(target, scorer, keeps, floor=False, certificate=best, status="OPTIMAL", solver="floor",
                     message=f"every grid plan scored; the tie-break chose among those within {floor} of the best")
     return assemble(target, alloc, {"best_log2_bound": round(best, 6), "floor_log2_bound": round(floor_bits, 6)})

@@ -104,6 +104,18 @@ class TieBreak:
                 return ra > rb
         return False
 
+    def better_within_floor(self, a: tuple, b: tuple) -> bool:
+        """Under a bound floor the bound is a constraint: is ``a`` better than ``b`` on the
+        tie-break's own levels (distance to the prior, or the halved bounds), then on the
+        bound? Under ``none``, on the bound alone."""
+        if self.tie_break == "none":
+            return self.level(a, 0) > self.level(b, 0)
+        for i in [*range(1, 2 if self.by_prior else ROBUST_LEVELS), 0]:
+            ra, rb = self._step_level(a, i), self._step_level(b, i)
+            if ra != rb:
+                return ra > rb
+        return False
+
     def step(self, bits: float):
         """What two plans compare on: under a tie-break, the bound in 0.01-bit steps (so that
         the next level decides between near-equal plans); under ``none``, the bound itself."""

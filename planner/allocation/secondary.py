@@ -110,16 +110,19 @@ def chain_bounds(widths, input_dim: int, lists, dist, decision, limit: int, extr
 # ------------------------------------------------------------------------ objective bound
 
 
-def allocate_floor(target: Target, built, floor: BoundFloor, *, cache=None, workers=None, progress=None):
+def allocate_floor(target: Target, built, floor: BoundFloor, kscorer=None, *, cache=None, workers=None,
+                   progress=None):
     """The chain's keep-counts under a bound floor on the grid, objective ``bound``: the grid
-    plan :func:`choose_floor` picks, with the left-over weights handed out. Returns ``(keeps,
-    best_bits, floor_bits)``: the best grid plan's bound and the floor it set."""
+    plan :func:`choose_floor` picks, with the left-over weights handed out. ``kscorer`` is the
+    target's :class:`KeepScorer` (made here when not given). Returns ``(keeps, best_bits,
+    floor_bits)``: the best grid plan's bound and the floor it set."""
     from planner.allocation.pipeline import keep_scorer
     from planner.allocation.search import fill
 
     chain, problem = target.chain, built.problem
-    chosen, best, floor_bits = choose_floor(target, built, floor, cache=cache, workers=workers, progress=progress)
-    kscorer = keep_scorer(target, cache)
+    kscorer = kscorer or keep_scorer(target, cache)
+    chosen, best, floor_bits = choose_floor(target, built, floor, kscorer, cache=cache, workers=workers,
+                                            progress=progress)
     extras = [(costs, left) for costs, left in zip(target.extra_costs(), target.extra_left())]
     # the left-over weights: in proportion (as without a floor), else all to one layer, the
     # first way that keeps the floor (a sampled bound need not rise with every added weight)
@@ -133,7 +136,8 @@ def allocate_floor(target: Target, built, floor: BoundFloor, *, cache=None, work
     return keeps, best, floor_bits
 
 
-def choose_floor(target: Target, built, floor: BoundFloor, *, cache=None, workers=None, progress=None):
+def choose_floor(target: Target, built, floor: BoundFloor, kscorer=None, *, cache=None, workers=None,
+                 progress=None):
     """Among the grid plans meeting the budgets whose exact bound (at keep / size) is within
     ``floor`` of the best, the tie-break's choice (then the higher bound, then the
     lexicographically smallest). Returns ``(keeps, best_bits, floor_bits)``."""
@@ -144,7 +148,7 @@ def choose_floor(target: Target, built, floor: BoundFloor, *, cache=None, worker
     r, chain, problem = target.request, target.chain, built.problem
     # the floor is on the plan file's bound (every layer at keep / size: ``KeepScorer``); the
     # robust levels come from the grid (``Scorer``: halved plans are grid plans)
-    kscorer = keep_scorer(target, cache)
+    kscorer = kscorer or keep_scorer(target, cache)
     scorer = Scorer(problem, built.cands, built.grid, r.rank_model, r.seed, cache, r.tie_break, prior_keeps(target))
     decision = [i for i, w in enumerate(chain) if not w.frozen]
     lists = [list(layer.keeps) for layer in problem.layers]
@@ -163,24 +167,9 @@ def choose_floor(target: Target, built, floor: BoundFloor, *, cache=None, worker
         scorer.remember(choices[keeps], scores[keeps])
     chosen = admitted[0]
     for keeps in admitted[1:]:
-        if _secondary_better(scorer, choices[keeps], choices[chosen]):
+        if scorer.better_within_floor(choices[keeps], choices[chosen]):
             chosen = keeps
     return list(chosen), best, floor_bits
-
-
-def _secondary_better(scorer, a, b) -> bool:
-    """Under a floor the bound is a constraint: compare the tie-break's own levels first
-    (distance to the prior, or the halved bounds), then the bound itself."""
-    from planner.allocation.scoring import ROBUST_LEVELS
-
-    if scorer.tie_break == "none":
-        return scorer.level(a, 0) > scorer.level(b, 0)
-    levels = 2 if scorer.by_prior else ROBUST_LEVELS
-    for i in [*range(1, levels), 0]:
-        ra, rb = scorer._step_level(a, i), scorer._step_level(b, i)
-        if ra != rb:
-            return ra > rb
-    return False
 
 
 # -------------------------------------------------------------------- objective sensitivity
@@ -195,6 +184,16 @@ class SensitivityAllocation:
     floor_bits: float | None
     status: str
     message: str = ""
+
+    def objective_entries(self, table) -> dict:
+        """What the plan file's objective records of this allocation."""
+        out = {"predicted_loss_increase": round(self.predicted, 7),
+               "uniform_predicted_loss_increase": None if self.uniform_predicted is None
+               else round(self.uniform_predicted, 7),
+               "sensitivity_criterion": table.criterion, "sensitivity_table": table.key}
+        if self.floor_bits is not None:
+            out.update(best_log2_bound=round(self.best_bits, 6), floor_log2_bound=round(self.floor_bits, 6))
+        return out
 
 
 def sensitivity_candidates(target: Target, table) -> dict[str, list[int]]:
@@ -214,9 +213,10 @@ def sensitivity_candidates(target: Target, table) -> dict[str, list[int]]:
     return out
 
 
-def allocate_sensitivity(target: Target, table, floor: BoundFloor | None = None, *, cache=None,
+def allocate_sensitivity(target: Target, table, floor: BoundFloor | None = None, scorer=None, *, cache=None,
                          workers=None, progress=None) -> SensitivityAllocation:
-    """Minimize the summed measured loss increase under every budget (and the bound floor)."""
+    """Minimize the summed measured loss increase under every budget (and the bound floor, whose
+    bounds ``scorer``, the target's :class:`KeepScorer`, computes; made here when not given)."""
     from planner.allocation.pipeline import keep_scorer
     from planner.allocation.integer import _prefetch_pairs
 
@@ -229,7 +229,7 @@ def allocate_sensitivity(target: Target, table, floor: BoundFloor | None = None,
     chain_pos = [i for i, w in enumerate(prunable) if w.in_bound]
     if floor is not None:
         chain = target.chain
-        scorer = keep_scorer(target, cache)
+        scorer = scorer or keep_scorer(target, cache)
         lists = [[w.size] if w.frozen else cands[w.name] for w in chain]
         _prefetch_pairs(scorer, [(i, k) for i, ks in enumerate(lists) for k in ks], workers, progress)
         outside = [w for w in prunable if not w.in_bound]
@@ -247,13 +247,12 @@ def allocate_sensitivity(target: Target, table, floor: BoundFloor | None = None,
                          for keeps, bits in scores.items() if bits >= floor_bits - 1e-9)
     choice, status, message = _solve_mckp(target, cands, values, chain_pos, allowed)
     keeps = {w.name: cands[w.name][c] for w, c in zip(prunable, choice)}
-    keeps = _fill(target, table, keeps, cands, frozen_names=set() if floor is None else
+    keeps = _fill(target, table, keeps, frozen_names=set() if floor is None else
                   {w.name for w in prunable if w.in_bound})
     predicted = sum(table.increase(n, k) for n, k in keeps.items())
     uniform_predicted = None
-    if target.uniform_fits() and all(cands[w.name][0] <= target.uniform[w.name] <= table.layer(w.name).keeps[-1]
-                                      and table.layer(w.name).keeps[0] <= target.uniform[w.name]
-                                      for w in prunable):
+    if target.uniform_fits() and all(table.layer(w.name).keeps[0] <= target.uniform[w.name]
+                                     <= table.layer(w.name).keeps[-1] for w in prunable):
         uniform_predicted = sum(table.increase(w.name, target.uniform[w.name]) for w in prunable)
     return SensitivityAllocation(keeps, predicted, uniform_predicted, best_bits, floor_bits, status, message)
 
@@ -306,7 +305,7 @@ def _solve_mckp(target: Target, cands, values, chain_pos, allowed):
     return choice, ("OPTIMAL" if status == cp_model.OPTIMAL else "FEASIBLE"), message
 
 
-def _fill(target: Target, table, keeps: dict, cands, frozen_names=frozenset()) -> dict:
+def _fill(target: Target, table, keeps: dict, frozen_names=frozenset()) -> dict:
     """Hand out the weights the measured keep-counts left over: each round adds, to the layer
     where the interpolated loss falls most per weight, up to its next measured keep-count (or
     what is left), within its maximum and every further budget. Layers in ``frozen_names`` (the

@@ -124,6 +124,19 @@ def progress_bars(enabled: bool, label=None):
     return reporter(enabled, label=label)
 
 
+def emit_plan(result, output, as_json: bool, printer) -> None:
+    """Write the plan to ``output`` (atomically) if given, then print it: its JSON with
+    ``as_json``, else ``printer(result)`` and where it was written."""
+    if output is not None:
+        result.save(output)
+    if as_json:
+        click.echo(result.to_json(), nl=False)
+        return
+    printer(result)
+    if output is not None:
+        click.echo(f"plan written to {output}")
+
+
 def print_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=False))
 

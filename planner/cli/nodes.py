@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from planner.cli.common import table
+from planner.cli.common import emit_plan, table
 
 #: plan options a neuron plan does not use (the dense ranks need no rank model, nothing ties on a grid)
 PLAN_UNUSED = ("rank_model", "tie_break", "integer", "min_density", "max_density", "prune_output", "cache_dir",
@@ -60,14 +60,7 @@ def plan_neurons(ctx, *, arch, model_spec, weights, input_shape, strategy, outpu
                         keep=options["keep"], strategy=strategy, solver=solver, grid=options["grid"],
                         max_flops=options["max_flops"], input_dim=options["input_dim"],
                         time_limit=options["time_limit"], threads=options["threads"], seed=options["seed"])
-    if output is not None:
-        result.save(output)
-    if as_json:
-        click.echo(result.to_json(), nl=False)
-        return
-    print_node_plan(result)
-    if output is not None:
-        click.echo(f"plan written to {output}")
+    emit_plan(result, output, as_json, print_node_plan)
 
 
 def print_node_plan(result) -> None:

@@ -15,6 +15,7 @@ from planner.cli.common import (
     FiniteFloat,
     TimeLimit,
     check_output,
+    emit_plan,
     load_model,
     make_cache,
     model_options,
@@ -162,14 +163,7 @@ def plan_command(arch, model_spec, weights, input_shape, strategy, prune_output,
                                     sensitivity=table_, **{k: o[k] for k in REQUEST_OPTIONS})
         with progress_bars(not as_json) as progress:
             result = run(request, cache=cache, workers=workers, progress=progress)
-    if output is not None:
-        result.save(output)
-    if as_json:
-        click.echo(result.to_json(), nl=False)
-        return
-    print_plan(result)
-    if output is not None:
-        click.echo(f"plan written to {output}")
+    emit_plan(result, output, as_json, print_plan)
 
 
 def fmt_density(d: float) -> str:

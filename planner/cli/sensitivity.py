@@ -57,18 +57,15 @@ def load_calibration(calibration, labels, dataset, data_dir, samples):
 def measure_from_options(model_spec, weights, input_shape, calibration, labels, dataset, data_dir, samples,
                          criterion, steps, min_density, seed, cache_dir, no_cache, show_progress):
     """The sensitivity table the options describe (cached in the rank cache's directory)."""
-    from planner.cli.common import parse_shape
-    from planner.core.cache import DiskCache, default_cache_dir
+    from planner.cli.common import make_cache, parse_shape
+    from planner.core.rank import default_cache
     from planner.pruning.sensitivity import measure_sensitivity
 
     if model_spec is None:
         raise click.UsageError("give --model package.module:factory (and --weights, the trained state dict)")
-    if no_cache and cache_dir is not None:
-        raise click.UsageError("--no-cache and --cache-dir contradict each other: give one")
+    cache = (make_cache(cache_dir, no_cache) or default_cache()).disk  # the rank cache's directory
     X, y, source = load_calibration(calibration, labels, dataset, data_dir, samples)
     model = load_model(model_spec, weights)
-    directory = None if no_cache else (cache_dir or default_cache_dir())
-    cache = None if directory is None else DiskCache(directory)
     source = {"model": model_spec, "weights": None if weights is None else str(weights), **source}
     with progress_bars(show_progress) as progress:
         return measure_sensitivity(model, X, y, criterion=criterion, steps=steps, min_density=min_density,

@@ -164,38 +164,25 @@ def strategy_plan(strategy: str, arch, density: float, *, seed: int, rank_model:
         if options.get("objective") == "sensitivity":
             if model is None or calibration is None:
                 raise ExperimentError(f"{strategy} needs the dense model and a calibration set")
-            options["sensitivity"] = _sensitivity_table(model, calibration, density, arch)
+            options["sensitivity"] = _sensitivity_table(model, calibration, density, arch, cache)
         return make_plan(arch, density=density, rank_model=rank_model, seed=seed, cache=cache, workers=workers,
                          **options)
     return baseline_plan(kind, arch, density=density, weights=weights, rank_model=rank_model, seed=seed,
                          cache=cache)
 
 
-class Calibration:
-    """A calibration set (inputs, labels) for one dense model, with the sensitivity tables
-    measured on it (one per lowest density, reused by every strategy and density)."""
-
-    def __init__(self, X, y):
-        self.X = X.numpy() if hasattr(X, "numpy") else X
-        self.y = y.numpy() if hasattr(y, "numpy") else y
-        self.tables: dict = {}
-
-
-def _sensitivity_table(model, calibration, density, arch):
-    """The dense model's sensitivity table on the calibration set, down to density / 32 (the
-    grid's reach)."""
+def _sensitivity_table(model, calibration, density, arch, cache=None):
+    """The dense model's sensitivity table on ``calibration`` (inputs, labels), down to
+    density / 32 (the grid's reach); measured once per model, data and lowest density and kept
+    in the rank cache's directory, so the jobs of one seed and density share it."""
     from planner.allocation.request import layers_from_arch
     from planner.allocation.sensitivity import DEFAULT_MIN_DENSITY
+    from planner.core.rank import default_cache
     from planner.pruning.sensitivity import measure_sensitivity
 
-    if not isinstance(calibration, Calibration):
-        calibration = Calibration(*calibration)
-    lowest = min(DEFAULT_MIN_DENSITY, density / 32)
-    if lowest not in calibration.tables:
-        layers = layers_from_arch(arch, prune_output=True)
-        calibration.tables[lowest] = measure_sensitivity(model, calibration.X, calibration.y, min_density=lowest,
-                                                         layers=layers)
-    return calibration.tables[lowest]
+    X, y = (a.numpy() if hasattr(a, "numpy") else a for a in calibration)
+    return measure_sensitivity(model, X, y, min_density=min(DEFAULT_MIN_DENSITY, density / 32),
+                               layers=layers_from_arch(arch, prune_output=True), cache=(cache or default_cache()).disk)
 
 
 # ------------------------------------------------------------------------------ progress
@@ -513,7 +500,7 @@ def _pruned_job(shared, spec, dense) -> dict:
         weights, _ = model_weights(model, layers_from_arch(net))
         p = strategy_plan(strategy, net, density, seed=seed, rank_model=spec["rank_model"], weights=weights,
                           cache=shared["cache"], workers=shared["workers"], model=model,
-                          calibration=Calibration(X_tr, y_tr))
+                          calibration=(X_tr, y_tr))
         apply_plan(model, p, criterion="magnitude")
         pruned_acc, _ = evaluate(model, X_te, y_te, n_classes)
         train(model, X_tr, y_tr, epochs=spec["finetune_epochs"], lr=spec["lr"], batch_size=spec["batch_size"],

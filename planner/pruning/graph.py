@@ -31,17 +31,11 @@ class GraphLayers:
     notes: tuple[str, ...] = ()
 
 
-def _modules():
-    import torch.nn as nn
-
-    return nn
-
-
 def _is_relu(node, modules) -> bool:
     import torch
+    import torch.nn as nn
     import torch.nn.functional as F
 
-    nn = _modules()
     if node.op == "call_module":
         return type(modules[node.target]) is nn.ReLU
     if node.op == "call_function":
@@ -53,8 +47,8 @@ def _is_relu(node, modules) -> bool:
 
 def _is_pass(node, modules) -> bool:
     import torch
+    import torch.nn as nn
 
-    nn = _modules()
     if node.op == "call_module":
         m = modules[node.target]
         return isinstance(m, (nn.Dropout, nn.Identity, nn.Flatten, nn.BatchNorm1d))
@@ -84,9 +78,9 @@ def read_graph(model, example, *, prune_output: bool = False) -> GraphLayers:
     import networkx as nx
     import torch
     import torch.fx as fx
+    import torch.nn as nn
     from torch.fx.passes.shape_prop import ShapeProp
 
-    nn = _modules()
     try:
         gm = fx.symbolic_trace(model)
     except Exception as exc:  # data-dependent control flow and the like

@@ -93,7 +93,13 @@ def test_ctrl_c_stops_the_workers(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         run_jobs(jobs, n_jobs=2, store=tmp_path, on_result=interrupt)
-    assert not multiprocessing.active_children()  # terminated, not left to sleep
+    # terminated, not left to sleep their 30 s; on a loaded machine the OS may take a moment to
+    # reap a terminated child (CI saw one still listed once), so allow it up to 5 s
+    for _ in range(50):
+        if not multiprocessing.active_children():
+            break
+        time.sleep(0.1)
+    assert not multiprocessing.active_children()
     assert ResultStore(tmp_path).load(jobs[0]) == (True, 1)  # finished before the interrupt: kept
 
 

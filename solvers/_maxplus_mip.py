@@ -111,7 +111,7 @@ class MaxPlusMip:
                 zs.append(z)
             m.z.append(zs)
             top = len(t.j_table) - 1
-            k = m.var(f"k_{i}", 0, layer.rows, True)
+            k = m.var(f"k_{i}", 0, t.width, True)
             m.row([(k, 1.0)] + rank_terms, "==", 0)
             j = m.var(f"j_{i}", 0, top, True)
             m.row([(j, 1.0), (k, -1.0)], "<=", 0)
@@ -130,8 +130,8 @@ class MaxPlusMip:
             m.j.append(j)
             m.t.append(tv)
             if i < last:
-                d = m.var(f"d_{i + 1}", 0, min(layer.rows, t.max_dim), True)
-                m.row([(d, 1.0), (j, 1.0)], "<=", layer.rows)
+                d = m.var(f"d_{i + 1}", 0, t.next_dim, True)
+                m.row([(d, 1.0), (j, 1.0)], "<=", t.width)
                 m.row([(d, 1.0), (k, -1.0)], "<=", 0)
                 if prev_d is not None:
                     m.row([(d, 1.0), (prev_d, -1.0)], "<=", 0)
@@ -230,7 +230,7 @@ def best_path(tables: Sequence[MaxPlusLayer], choice: Sequence[int], input_dim: 
                     j, val = m, w + jt[m]
                 else:
                     js = np.arange(m + 1)
-                    vals = jt[js] + nxt[np.minimum(np.minimum(n - js, d), kk)]
+                    vals = jt[js] + nxt[np.minimum(np.minimum(np.minimum(n - js, d), kk), t.next_dim)]
                     j = int(np.argmax(vals))
                     val = w + float(vals[j])
                 if val > cur[d]:
@@ -242,7 +242,7 @@ def best_path(tables: Sequence[MaxPlusLayer], choice: Sequence[int], input_dim: 
     for t, c, arg in zip(tables, choice, args):
         r, j = arg[d]
         kk = t.ranks[c][r]
-        nd = min(t.width - j, d, kk)
+        nd = min(t.width - j, d, kk, t.next_dim)
         path.append((r, kk, j, nd))
         d = nd
     return path

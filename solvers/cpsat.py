@@ -50,7 +50,7 @@ class CpSatSolver(Solver):
                 rank_terms += [k * zb for k, zb in zip(ranks, z)]
                 objective += [_scaled(w) * zb for w, zb in zip(logs, z)]
             top = len(t.j_table) - 1
-            k = model.new_int_var(0, layer.rows, f"k[{i}]")
+            k = model.new_int_var(0, t.width, f"k[{i}]")
             model.add(k == sum(rank_terms))
             j = model.new_int_var(0, top, f"j[{i}]")
             model.add(j <= k)
@@ -68,8 +68,8 @@ class CpSatSolver(Solver):
                 model.add(term <= table[0])
             objective.append(term)
             if i + 1 < len(problem.layers):
-                d = model.new_int_var(0, min(layer.rows, t.max_dim), f"d[{i + 1}]")
-                model.add(d <= layer.rows - j)
+                d = model.new_int_var(0, t.next_dim, f"d[{i + 1}]")
+                model.add(d <= t.width - j)
                 model.add(d <= k)
                 if prev_d is not None:
                     model.add(d <= prev_d)

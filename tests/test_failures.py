@@ -208,8 +208,8 @@ def test_ctrl_c_after_a_solve_still_interrupts(tmp_path):
     code = textwrap.dedent("""
         import sys, time, planner
         planner.plan("64,32,32,10", density=0.2, rank_model="analytic", cache=planner.RankCache(disk=False))
-        print("solved", flush=True)
-        try:
+        try:  # "solved" inside the try: the Ctrl-C may come as soon as the parent reads it
+            print("solved", flush=True)
             time.sleep(30)
         except KeyboardInterrupt:
             print("interrupted", flush=True)

@@ -21,7 +21,7 @@ from planner.core.arch import Architecture
 from planner.core.bound import LN2, log_bound
 from planner.errors import DensityError, InfeasibleError, PlannerError, ProblemError
 from planner.allocation.planfile import Plan, PlanLayer
-from planner.core.rank import RankDistribution, check_density, rank_distribution
+from planner.core.rank import check_density
 
 from planner.allocation import BASELINES, NEEDS_WEIGHTS, STRATEGIES
 
@@ -170,14 +170,12 @@ def baseline_plan(
     chain = [w for w in layers if w.in_bound]
     d0 = input_dim or architecture_info.get("input_size") or (arch.input_size if arch is not None else
                                                               (chain[0].cols if chain else None))
-    dists = []
-    for w in chain:
-        k = w.size if w.frozen else keeps[w.name]
-        if k == 0:
-            dists.append(RankDistribution.point_mass(w.rows, w.cols, 0, density=0.0))
-        else:
-            dists.append(rank_distribution(w.rows, w.cols, k / w.size, rank_model, seed=seed, cache=cache))
-    bits = log_bound([w.rows for w in chain], dists, d0) / LN2 if chain else None
+    from planner.core.conv import layer_distribution
+
+    dists = [layer_distribution(w.geometry, (w.size if w.frozen else keeps[w.name]) / w.size, rank_model,
+                                seed=seed, cache=cache) for w in chain]
+    geoms = [w.geometry for w in chain]
+    bits = log_bound([g.hyperplanes for g in geoms], dists, d0, [g.cap for g in geoms]) / LN2 if chain else None
     rank_of = {w.name: d.expected_rank for w, d in zip(chain, dists)}
     plan_layers = [PlanLayer(w.name, w.rows, w.cols, w.size if w.frozen else int(keeps[w.name]), w.frozen,
                              w.in_bound, rank_of.get(w.name), "frozen" if w.frozen else strategy,

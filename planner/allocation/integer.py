@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from planner.allocation.scoring import KeepScorer
 from planner.allocation.search import NOT_WORSE_EPS_BITS
-from planner.core.bound import LN2, dense_log2_bound, input_dims, layer_log_r
+from planner.core.bound import LN2, input_dims, layer_log_r
 from planner.core.rank import prefetch
 
 #: at most this many allocations are enumerated by the exhaustive search
@@ -123,7 +123,7 @@ def exhaustive(space: IntegerSpace, scorer: KeepScorer, *, floor_bits: float | N
     n = len(space.shapes)
     choices = {i: range(lo, hi + 1) for i, (lo, hi) in ranges.items()}
     _prefetch_pairs(scorer, [(i, k) for i in ranges for k in choices[i]], workers, progress)
-    dims = input_dims(scorer.widths, scorer.input_dim)
+    dims = input_dims(scorer.widths, scorer.input_dim, scorer.caps)
     # what the decision layers before layer i can take together, to prune the enumeration
     before = {i: (sum(space.lo[j] for j in space.decision if j < i), sum(space.hi[j] for j in space.decision if j < i))
               for i in ranges}
@@ -165,7 +165,9 @@ def exhaustive(space: IntegerSpace, scorer: KeepScorer, *, floor_bits: float | N
 
 def _prefetch_pairs(scorer: KeepScorer, items, workers, progress):
     shapes = scorer.shapes
-    todo = [(shapes[i][0], shapes[i][1], k / (shapes[i][0] * shapes[i][1])) for i, k in items if k > 0]
+    # convolutions' distributions are not matrix ones: computed on demand
+    todo = [(shapes[i][0], shapes[i][1], k / (shapes[i][0] * shapes[i][1])) for i, k in items
+            if k > 0 and scorer.caps[i] is None and scorer.widths[i] == shapes[i][0]]
     prefetch(todo, scorer.rank_model, seed=scorer.seed, cache=scorer.cache, workers=workers,
              progress=None if progress is None else (lambda d, t: progress("integer search", d, t)))
 
@@ -200,7 +202,7 @@ def local_search(space: IntegerSpace, scorer: KeepScorer, keeps, *, workers=None
     current = tuple(int(k) for k in keeps)
     evaluations = 0
     # at the dense bound (every layer at full rank) nothing can gain: skip the sampling
-    dense = dense_log2_bound([scorer.shapes[0][1], *scorer.widths], scorer.input_dim)
+    dense = scorer.dense_bits()
     if scorer.exact(current) >= dense - 1e-9:
         return list(current), scorer.exact(current), False
     # robust levels cost fresh distributions: compare the exact bound only; a prior's distance

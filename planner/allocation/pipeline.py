@@ -47,7 +47,7 @@ from planner.allocation.integer import (
 from planner.allocation.scoring import KeepScorer, Scorer
 from planner.allocation.search import NOT_WORSE_EPS_BITS, fill, polish, report, solve
 from planner.core.arch import Architecture
-from planner.core.rank import RankCache, RankDistribution, prefetch, rank_distribution
+from planner.core.rank import RankCache, RankDistribution, prefetch
 from planner.errors import InfeasibleError
 from planner.limits import DEFAULT_TIME_LIMIT, check_time_limit
 
@@ -65,9 +65,9 @@ class Built:
 
 
 def _dist(w: WeightLayer, keep: int, density: float, rank_model: str, seed: int, cache):
-    if keep == 0:
-        return RankDistribution.point_mass(w.rows, w.cols, 0, density=0.0)
-    return rank_distribution(w.rows, w.cols, density, rank_model, seed=seed, cache=cache)
+    from planner.core.conv import layer_distribution
+
+    return layer_distribution(w.geometry, density if keep else 0.0, rank_model, seed=seed, cache=cache)
 
 
 def build_problem(target: Target, dgrid: DensityGrid, cands: list[list[Candidate]], *,
@@ -77,7 +77,8 @@ def build_problem(target: Target, dgrid: DensityGrid, cands: list[list[Candidate
     weight budget and every further budget as linear constraints, and the uniform choice."""
     r, chain = target.request, target.chain
     total_dists = sum(len(cs) for w, cs in zip(chain, cands) if not w.frozen)
-    prefetch([(w.rows, w.cols, c.density) for w, cs in zip(chain, cands) if not w.frozen for c in cs if c.keep],
+    prefetch([(w.rows, w.cols, c.density) for w, cs in zip(chain, cands) if not w.frozen and w.conv is None
+              for c in cs if c.keep],
              r.rank_model, seed=r.seed, cache=cache, workers=workers,
              progress=None if progress is None else (lambda d, t: progress("rank distributions", d, t)))
     done = 0
@@ -89,7 +90,7 @@ def build_problem(target: Target, dgrid: DensityGrid, cands: list[list[Candidate
             if not w.frozen:
                 done += 1
                 report(progress, "rank distributions", done, total_dists)
-        options.append(LayerOption(w.name, w.rows, w.cols, tuple(c.keep for c in cs), tuple(dists)))
+        options.append(LayerOption(w.name, w.rows, w.cols, tuple(c.keep for c in cs), tuple(dists), w.geometry))
     linear = [LinearBudget("weights", tuple(tuple(0 if w.frozen else c.keep for c in cs)
                                             for w, cs in zip(chain, cands)), target.chain_budget)]
     for e, left, costs in zip(target.extras, target.extra_left(), target.extra_costs()):
@@ -145,7 +146,7 @@ def prior_keeps(target: Target) -> list[int] | None:
 
 def keep_scorer(target: Target, cache: RankCache | None = None) -> KeepScorer:
     r = target.request
-    return KeepScorer([(w.rows, w.cols) for w in target.chain], target.input_dim, r.rank_model, r.seed, cache,
+    return KeepScorer([w.geometry for w in target.chain], target.input_dim, r.rank_model, r.seed, cache,
                       r.tie_break, prior_keeps(target))
 
 

@@ -30,8 +30,13 @@ class LayerOption:
     cols: int
     keeps: tuple[int, ...]
     dists: tuple[RankDistribution, ...]
+    geometry: object = None  # a planner.core.conv.ConvShape for a convolution; else rows x cols
 
     def __post_init__(self) -> None:
+        from planner.core.conv import MatrixShape
+
+        if self.geometry is None:
+            object.__setattr__(self, "geometry", MatrixShape(self.rows, self.cols))
         if not self.keeps:
             raise ProblemError(f"layer {self.name}: no candidate keep-count")
         if len(self.keeps) != len(self.dists):
@@ -44,6 +49,15 @@ class LayerOption:
     @property
     def size(self) -> int:
         return self.rows * self.cols
+
+    @property
+    def width(self) -> int:
+        """The units (hyperplanes) the layer adds to the bound: rows, or a convolution's units."""
+        return self.geometry.hyperplanes
+
+    @property
+    def cap(self) -> int | None:
+        return self.geometry.cap
 
 
 @dataclass(frozen=True)
@@ -78,7 +92,11 @@ class AllocationProblem:
 
     @property
     def widths(self) -> list[int]:
-        return [layer.rows for layer in self.layers]
+        return [layer.width for layer in self.layers]
+
+    @property
+    def caps(self) -> list[int | None]:
+        return [layer.cap for layer in self.layers]
 
     @property
     def n_combinations(self) -> int:
@@ -97,7 +115,8 @@ class AllocationProblem:
         key = tuple(int(c) for c in choice)
         hit = self._exact_memo.get(key)
         if hit is None:
-            hit = log_bound(self.widths, [layer.dists[c] for layer, c in zip(self.layers, key)], self.input_dim)
+            hit = log_bound(self.widths, [layer.dists[c] for layer, c in zip(self.layers, key)], self.input_dim,
+                            self.caps)
             self._exact_memo[key] = hit
         return hit
 
@@ -129,6 +148,7 @@ class MaxPlusLayer:
     log_probs: tuple[tuple[float, ...], ...]
     j_table: tuple[float, ...]  # index j = 0..min(width, max_dim)
     n_terms: tuple[int, ...] = ()
+    next_dim: int = 0  # the largest dimension passed on: min(width, max_dim, cap)
 
 
 def _buckets(dist: RankDistribution, max_buckets: int) -> tuple[tuple[int, ...], tuple[float, ...]]:
@@ -164,15 +184,17 @@ def maxplus_tables(problem: AllocationProblem, max_buckets: int = 48) -> list[Ma
     dim = problem.input_dim
     last = len(problem.layers) - 1
     for i, layer in enumerate(problem.layers):
-        top = min(layer.rows, dim)
-        table = log_binomial_prefix(layer.rows) if i == last else log_binomials(layer.rows)
+        n = layer.width
+        top = min(n, dim)
+        table = log_binomial_prefix(n) if i == last else log_binomials(n)
         merged = [_buckets(d, max_buckets) for d in layer.dists]
         thinned = [_frontier(r, w) for r, w in merged]
+        nxt = top if layer.cap is None else min(top, layer.cap)
         out.append(MaxPlusLayer(
-            layer.rows, dim, tuple(r for r, _ in thinned), tuple(w for _, w in thinned),
-            tuple(float(v) for v in table[: top + 1]), tuple(len(r) for r, _ in merged),
+            n, dim, tuple(r for r, _ in thinned), tuple(w for _, w in thinned),
+            tuple(float(v) for v in table[: top + 1]), tuple(len(r) for r, _ in merged), nxt,
         ))
-        dim = top
+        dim = nxt
     return out
 
 
@@ -192,7 +214,7 @@ def maxplus_log_value(tables: Sequence[MaxPlusLayer], choice: Sequence[int], inp
                     val = w + jt[m]
                 else:
                     j = np.arange(m + 1)
-                    nxt = np.minimum(np.minimum(n - j, d), k)
+                    nxt = np.minimum(np.minimum(np.minimum(n - j, d), k), t.next_dim)
                     val = w + float(np.max(jt[j] + best_next[nxt]))
                 if val > cur[d]:
                     cur[d] = val

@@ -49,10 +49,18 @@ class WeightLayer:
     frozen: bool = False
     flops_per_weight: int = 1
     why: str = ""  # why the layer is outside the bound, when it is
+    conv: object = None  # a planner.core.conv.ConvShape when a convolution is in the bound
 
     @property
     def size(self) -> int:
         return self.rows * self.cols
+
+    @property
+    def geometry(self):
+        """What the bound sees of the layer: a MatrixShape, or the ConvShape of a convolution."""
+        from planner.core.conv import MatrixShape
+
+        return self.conv if self.conv is not None else MatrixShape(self.rows, self.cols)
 
 
 @dataclass(frozen=True)
@@ -249,7 +257,15 @@ def validate(request: PlanRequest) -> Target:
     if chain:
         n0 = r.input_size if r.input_size is not None else chain[0].cols
         d0 = n0 if r.input_dim is None else r.input_dim
-        d0 = check_input_dim(Architecture(n0, tuple(w.rows for w in chain), 1), d0)
+        if any(w.conv is not None for w in chain):  # conv units may exceed an MLP's widths
+            from planner.errors import InputDimError
+
+            if isinstance(d0, bool) or not isinstance(d0, (int, np.integer)) or not 1 <= d0 <= n0:
+                raise InputDimError(f"input dimension d0 must be an integer between 1 and the input size {n0}, "
+                                    f"got {d0!r}")
+            d0 = int(d0)
+        else:
+            d0 = check_input_dim(Architecture(n0, tuple(w.rows for w in chain), 1), d0)
     else:  # no ReLU chain (a ResNet, a ViT): the bound guides nothing, see pipeline.run
         d0 = 0
         if r.bound_floor is not None:

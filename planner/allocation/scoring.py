@@ -15,7 +15,8 @@ from __future__ import annotations
 import math
 
 from planner.core.bound import LN2, log_bound
-from planner.core.rank import RankDistribution, rank_distribution
+from planner.core.conv import as_geometry, layer_distribution
+from planner.core.rank import RankDistribution
 
 #: Under ``robust``, the halved levels of a layer whose short side exceeds this use the analytic
 #: rank model: sampling them costs minutes on AlexNet-sized layers (thousands of matchings per
@@ -63,15 +64,14 @@ class TieBreak:
     def _uses_levels(self) -> bool:
         return self.tie_break != "none"
 
-    def _level_dist(self, rows: int, cols: int, p: float) -> RankDistribution:
+    def _level_dist(self, shape, p: float) -> RankDistribution:
         """A halved level's distribution: ``robust-analytic`` and layers with a short side above
         :data:`ROBUST_SAMPLED_MAX_SIDE` use the analytic model."""
-        if p <= 0.0:
-            return RankDistribution.point_mass(rows, cols, 0, density=0.0)
+        g = as_geometry(shape)
         model = self.rank_model
-        if self.tie_break == "robust-analytic" or min(rows, cols) > ROBUST_SAMPLED_MAX_SIDE:
+        if self.tie_break == "robust-analytic" or min(g.rows, g.cols) > ROBUST_SAMPLED_MAX_SIDE:
             model = "analytic"
-        return rank_distribution(rows, cols, min(p, 1.0), model, seed=self.seed, cache=self.cache)
+        return layer_distribution(g, p, model, seed=self.seed, cache=self.cache)
 
     def level(self, key: tuple, i: int) -> float:
         if i >= 1 and self.by_prior:
@@ -151,39 +151,44 @@ class Scorer(TieBreak):
             p = self.grid.density(cand.index - level * self.grid.steps)
         else:
             p = cand.density / 2.0**level
-        return self._level_dist(layer.rows, layer.cols, p)
+        return self._level_dist(layer.geometry, p)
 
     def _exact(self, choice):
         return self.problem.log_bound(choice) / LN2
 
     def _halved(self, choice, level):
         dists = [self._dist(l, self.cands[l][c], level) for l, c in enumerate(choice)]
-        return log_bound(self.problem.widths, dists, self.problem.input_dim) / LN2
+        return log_bound(self.problem.widths, dists, self.problem.input_dim, self.problem.caps) / LN2
 
 
 class KeepScorer(TieBreak):
     """Scores of integer plans: a tuple of keep-counts of the bound chain, each layer scored at
-    density keep / size (the plan file's own densities), halved levels at (keep / size) / 2^i."""
+    density keep / size (the plan file's own densities), halved levels at (keep / size) / 2^i.
+    ``shapes`` are (rows, cols) pairs or layer geometries (planner.core.conv)."""
 
     def __init__(self, shapes, input_dim, rank_model="sampled", seed=0, cache=None, tie_break="none",
                  prior=None):
         super().__init__(rank_model, seed, cache, tie_break, prior)
-        self.shapes, self.input_dim = [(int(r), int(c)) for r, c in shapes], int(input_dim)
-        self.widths = [r for r, _ in self.shapes]
+        self.geometries = [as_geometry(s) for s in shapes]
+        self.shapes, self.input_dim = [(g.rows, g.cols) for g in self.geometries], int(input_dim)
+        self.widths = [g.hyperplanes for g in self.geometries]
+        self.caps = [g.cap for g in self.geometries]
 
     def _keeps(self, keeps):
         return list(keeps)
 
     def dist(self, layer_index: int, keep: int) -> RankDistribution:
-        rows, cols = self.shapes[layer_index]
-        if keep <= 0:
-            return RankDistribution.point_mass(rows, cols, 0, density=0.0)
-        return rank_distribution(rows, cols, keep / (rows * cols), self.rank_model, seed=self.seed,
-                                 cache=self.cache)
+        g = self.geometries[layer_index]
+        return layer_distribution(g, keep / g.size, self.rank_model, seed=self.seed, cache=self.cache)
 
     def _exact(self, keeps):
-        return log_bound(self.widths, [self.dist(i, k) for i, k in enumerate(keeps)], self.input_dim) / LN2
+        return log_bound(self.widths, [self.dist(i, k) for i, k in enumerate(keeps)], self.input_dim,
+                         self.caps) / LN2
 
     def _halved(self, keeps, level):
-        dists = [self._level_dist(r, c, k / (r * c) / 2.0**level) for (r, c), k in zip(self.shapes, keeps)]
-        return log_bound(self.widths, dists, self.input_dim) / LN2
+        dists = [self._level_dist(g, k / g.size / 2.0**level) for g, k in zip(self.geometries, keeps)]
+        return log_bound(self.widths, dists, self.input_dim, self.caps) / LN2
+
+    def dense_bits(self) -> float:
+        """The bound with every chain layer dense."""
+        return self._exact([g.size for g in self.geometries])

@@ -68,7 +68,7 @@ class BoundFloor:
         return f"{self.value * 100:g}%" if self.relative else f"{self.value:g} bits"
 
 
-def chain_bounds(widths, input_dim: int, lists, dist, decision, limit: int, extras=(), progress=None):
+def chain_bounds(widths, input_dim: int, lists, dist, decision, limit: int, extras=(), progress=None, caps=None):
     """{keeps tuple: log2 bound} of every chain combination (``lists[i]`` the keep-counts of
     layer ``i``, ``dist(i, j)`` the distribution of its ``j``-th) whose decision layers keep at
     most ``limit`` weights and meet every further budget (``extras``: (per-layer costs, limit)).
@@ -78,7 +78,7 @@ def chain_bounds(widths, input_dim: int, lists, dist, decision, limit: int, extr
     if count > FLOOR_MAX_COMBINATIONS:
         raise LimitError(f"a bound floor scores every combination of the chain's candidates: {count} here, "
                          f"above {FLOOR_MAX_COMBINATIONS}; give a coarser --grid")
-    dims = input_dims(widths, input_dim)
+    dims = input_dims(widths, input_dim, caps)
     dec = set(decision)
     # the least the layers before i can spend, to prune suffixes that already overspend
     least = [sum(min(lists[j]) for j in range(i) if j in dec) for i in range(n)]
@@ -156,7 +156,7 @@ def choose_floor(target: Target, built, floor: BoundFloor, kscorer=None, *, cach
     extras = [(costs, left) for costs, left in zip(target.extra_costs(), target.extra_left())]
     _prefetch_pairs(kscorer, [(i, k) for i, ks in enumerate(lists) for k in ks], workers, progress)
     scores = chain_bounds(kscorer.widths, kscorer.input_dim, lists, lambda i, j: kscorer.dist(i, lists[i][j]),
-                          decision, target.chain_budget, extras, progress)
+                          decision, target.chain_budget, extras, progress, kscorer.caps)
     if not scores:
         raise InfeasibleError("no grid plan of the bound chain meets the budgets")
     best = max(scores.values())
@@ -238,7 +238,7 @@ def allocate_sensitivity(target: Target, table, floor: BoundFloor | None = None,
         extras = [([0 if w.frozen else int(e.cost.get(w.name, 0)) for w in chain],
                    e.limit - sum(cands[w.name][0] * e.cost.get(w.name, 0) for w in outside)) for e in target.extras]
         scores = chain_bounds(scorer.widths, scorer.input_dim, lists, lambda i, j: scorer.dist(i, lists[i][j]),
-                              decision, left, extras, progress)
+                              decision, left, extras, progress, scorer.caps)
         if not scores:
             raise InfeasibleError("no combination of the chain's measured keep-counts meets the budgets")
         best_bits = max(scores.values())

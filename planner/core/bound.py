@@ -93,25 +93,29 @@ def _log_r(dist: RankDistribution, log_f: np.ndarray, d_max: int) -> np.ndarray:
     return out
 
 
-def log_bound(hidden: Sequence[int], dists: Sequence[RankDistribution], input_dim: int) -> float:
-    """ln R(1, d0) for hidden widths n_1..n_L with rank distributions P_1..P_L."""
+def log_bound(hidden: Sequence[int], dists: Sequence[RankDistribution], input_dim: int,
+              caps: Sequence[int | None] | None = None) -> float:
+    """ln R(1, d0) for hidden widths n_1..n_L with rank distributions P_1..P_L. ``caps`` (one per
+    layer, None for none) bound the dimension a layer passes on beyond min(n - j, d, k): a
+    max-pooled conv layer passes on at most its pooled units (planner.core.conv)."""
     hidden = [int(n) for n in hidden]
     if len(hidden) != len(dists) or not hidden:
         raise PlannerError(f"need one rank distribution per hidden layer ({len(hidden)}), got {len(dists)}")
     if input_dim < 0:
         raise InputDimError(f"input dimension must be >= 0, got {input_dim}")
-    dims = input_dims(hidden, input_dim)
+    dims = input_dims(hidden, input_dim, caps)
     log_r_next = None
     for layer in range(len(hidden) - 1, -1, -1):
         log_r_next = layer_log_r(hidden[layer], dists[layer], dims[layer], log_r_next, layer)
     return float(log_r_next[int(input_dim)])
 
 
-def input_dims(hidden: Sequence[int], input_dim: int) -> list[int]:
-    """The largest dimension d that reaches each hidden layer: d0, min(d0, n1), ..."""
+def input_dims(hidden: Sequence[int], input_dim: int, caps: Sequence[int | None] | None = None) -> list[int]:
+    """The largest dimension d that reaches each hidden layer: d0, min(d0, n1, cap1), ..."""
     dims = [int(input_dim)]
-    for n in hidden[:-1]:
-        dims.append(min(dims[-1], int(n)))
+    caps = [None] * len(hidden) if caps is None else list(caps)
+    for n, cap in zip(hidden[:-1], caps):
+        dims.append(min(dims[-1], int(n), int(n) if cap is None else int(cap)))
     return dims
 
 
@@ -119,16 +123,24 @@ def layer_log_r(width: int, dist: RankDistribution, d_max: int, log_r_next: np.n
                 layer: int = 0) -> np.ndarray:
     """One step of the recurrence: ln R(l, d) for d = 0..d_max from layer l's width and rank
     distribution and ln R(l+1, .) (None at the last layer). :func:`log_bound` is these steps
-    from the last layer back; a search over allocations can share the suffixes."""
+    from the last layer back; a search over allocations can share the suffixes.
+
+    ``log_r_next`` covers d = 0..D, D the most that reaches the next layer; a larger argument
+    is clamped to D. Without caps every argument min(n - j, d, k) is at most D already; with a
+    cap c (D = min(d_max, n, c)) the clamp is the recurrence's min(n - j, d, k, c)."""
     if dist.kmax > width:
         raise PlannerError(f"layer {layer + 1}: rank {dist.kmax} exceeds width {width}")
-    log_f = _log_f(int(width), min(dist.kmax, d_max), log_r_next)
+    m_max = min(dist.kmax, d_max)
+    if log_r_next is not None and len(log_r_next) < m_max + 1:
+        log_r_next = np.concatenate([log_r_next, np.full(m_max + 1 - len(log_r_next), log_r_next[-1])])
+    log_f = _log_f(int(width), m_max, log_r_next)
     return _log_r(dist, log_f, d_max)
 
 
-def log2_bound(hidden: Sequence[int], dists: Sequence[RankDistribution], input_dim: int) -> float:
+def log2_bound(hidden: Sequence[int], dists: Sequence[RankDistribution], input_dim: int,
+               caps: Sequence[int | None] | None = None) -> float:
     """log2 of the expected upper bound on the number of linear regions."""
-    return log_bound(hidden, dists, input_dim) / LN2
+    return log_bound(hidden, dists, input_dim, caps) / LN2
 
 
 def dense_log2_bound(sizes: Sequence[int], input_dim: int | None = None) -> float:

@@ -28,14 +28,18 @@ def by_name(found):
     return {w.name: w for w in found.layers}
 
 
-def test_vgg_chain_is_the_classifier():
+def test_vgg_chain_runs_from_the_first_convolution():
     found = model_layers(models.vgg11(width=0.25), CIFAR)
     layers = by_name(found)
     convs = [n for n in layers if n.startswith("features.")]
-    assert len(convs) == 8 and all(layers[n].why == "convolution" and not layers[n].in_bound for n in convs)
-    assert [n for n, w in layers.items() if w.in_bound] == ["classifier.1", "classifier.4"]
+    assert len(convs) == 8 and all(layers[n].in_bound and layers[n].conv is not None for n in convs)
+    assert [n for n, w in layers.items() if w.in_bound] == [*convs, "classifier.1", "classifier.4"]
     assert layers["classifier.7"].frozen and layers["classifier.7"].why == "output layer"
-    assert found.input_size == 128  # the flattened 128x1x1 feature map
+    assert found.input_size == 3 * 32 * 32
+    first, last = layers["features.0"].conv, layers["features.18"].conv
+    # 3x32x32 -> 16x32x32 then a 2x2 max pool: 4096 pooled units, 6 pair planes per window
+    assert (first.units, first.cap, first.hyperplanes) == (16 * 1024, 16 * 256, 16 * 1024 + 6 * 16 * 256)
+    assert (last.in_hw, last.out_hw, last.pool.units) == ((2, 2), (2, 2), 128)
     # conv FLOPs per kept weight: the output's spatial size (32x32 for the first, 2x2 for the last)
     assert layers["features.0"].flops_per_weight == 1024 and layers["features.18"].flops_per_weight == 4
 

@@ -235,13 +235,38 @@ def min_weighted_cover(edges: np.ndarray, a: int, b: int) -> int:
     return int(maximum_flow(graph, src, sink).flow_value)
 
 
-def _channel_graph(shape: ConvShape, q: float, rng: np.random.Generator) -> np.ndarray:
-    """A random channel graph: block-diagonal over groups, each edge present with probability q."""
+#: below this many channels on a side (per group), covers are found by enumerating that side's subsets
+ENUMERATE_MAX_SIDE = 10
+
+
+def covers_by_enumeration(edges: np.ndarray, a: int, b: int) -> np.ndarray:
+    """Minimum weighted vertex covers of a batch of bipartite graphs (``edges``: batch x outputs
+    x inputs, boolean) by enumerating every subset B of the inputs: the outputs with a neighbour
+    outside B must be in A, so the cover costs b|B| + a #{o : N(o) not in B}. Exact; for small
+    input sides (transpose the graphs and swap a, b for small output sides)."""
+    batch, n_out, n_in = edges.shape
+    bits = (edges.astype(np.int64) << np.arange(n_in, dtype=np.int64)).sum(axis=2)  # batch x outputs
+    subsets = np.arange(1 << n_in, dtype=np.int64)
+    outside = ~subsets & ((1 << n_in) - 1)
+    size_b = np.array([bin(x).count("1") for x in range(1 << n_in)], dtype=np.int64)
+    need_a = ((bits[:, :, None] & outside[None, None, :]) != 0).sum(axis=1)  # batch x subsets
+    return (b * size_b[None, :] + a * need_a).min(axis=1)
+
+
+def _group_covers(shape: ConvShape, q: float, rng: np.random.Generator, count: int) -> np.ndarray:
+    """Weighted covers of ``count`` random channel graphs (independent groups add up)."""
+    a, b = shape.out_positions, shape.in_positions
     cin_g, cout_g = shape.c_in // shape.groups, shape.c_out // shape.groups
-    edges = np.zeros((shape.c_out, shape.c_in), dtype=bool)
-    for g in range(shape.groups):
-        edges[g * cout_g:(g + 1) * cout_g, g * cin_g:(g + 1) * cin_g] = rng.random((cout_g, cin_g)) < q
-    return edges
+    edges = rng.random((count, shape.groups, cout_g, cin_g)) < q
+    if min(cin_g, cout_g) <= ENUMERATE_MAX_SIDE:
+        flat = edges.reshape(count * shape.groups, cout_g, cin_g)
+        if cin_g <= cout_g:
+            covers = covers_by_enumeration(flat, a, b)
+        else:
+            covers = covers_by_enumeration(flat.transpose(0, 2, 1), b, a)
+        return covers.reshape(count, shape.groups).sum(axis=1)
+    return np.array([sum(min_weighted_cover(edges[s, g], a, b) for g in range(shape.groups))
+                     for s in range(count)], dtype=np.int64)
 
 
 def edge_probability(shape: ConvShape, p: float) -> float:
@@ -272,10 +297,10 @@ def _scaled(dist, shape: ConvShape, p: float, method: str, factor: int):
 
 
 def _adaptive(draw: Callable[[np.random.Generator], int], seed_key: list[int], unit: int,
-              max_samples: int | None = None) -> np.ndarray:
+              max_samples: int | None = None, draw_batch=None) -> np.ndarray:
     """The paper's adaptive sample size (50 samples, then until n >= 50 x the spread of the
     values in steps of ``unit``, at most ``max_samples``); batch b always draws from the same
-    stream."""
+    stream. ``draw_batch(rng, count)`` draws a whole batch at once when given."""
     from planner.core.rank import BATCH, MAX_SAMPLES, SAMPLES_PER_RANK
 
     cap = MAX_SAMPLES if max_samples is None else max_samples
@@ -283,7 +308,10 @@ def _adaptive(draw: Callable[[np.random.Generator], int], seed_key: list[int], u
     batch, target = 0, SAMPLES_PER_RANK
     while len(values) < target and len(values) < cap:
         rng = np.random.default_rng([*seed_key, batch])
-        values.extend(draw(rng) for _ in range(BATCH))
+        if draw_batch is not None:
+            values.extend(int(v) for v in draw_batch(rng, BATCH))
+        else:
+            values.extend(draw(rng) for _ in range(BATCH))
         batch += 1
         spread = (max(values) - min(values)) // unit + 1
         target = max(target, SAMPLES_PER_RANK * spread)
@@ -364,8 +392,8 @@ def conv_rank_distribution(shape: ConvShape, p: float, method: str = "sampled", 
             except (KeyError, TypeError, ValueError):
                 payload = None
         if payload is None:
-            ranks = _adaptive(lambda rng: min_weighted_cover(_channel_graph(shape, q, rng), a, b),
-                              _seed_key(shape, p, method, seed), math.gcd(a, b))
+            ranks = _adaptive(None, _seed_key(shape, p, method, seed), math.gcd(a, b),
+                              draw_batch=lambda rng, count: _group_covers(shape, q, rng, count))
             dist = _from_ranks(shape, p, method, ranks)
             if cache.disk is not None:
                 cache.disk.put(key, {"kmin": int(ranks.min()),

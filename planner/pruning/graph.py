@@ -14,6 +14,7 @@ addition or a branch is outside it, and the reason is recorded.
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass
 
@@ -51,7 +52,7 @@ def _is_pass(node, modules) -> bool:
 
     if node.op == "call_module":
         m = modules[node.target]
-        return isinstance(m, (nn.Dropout, nn.Identity, nn.Flatten, nn.BatchNorm1d))
+        return isinstance(m, (nn.Dropout, nn.Identity, nn.Flatten, nn.BatchNorm1d, nn.BatchNorm2d))
     if node.op == "call_method":
         return node.target in _PASS_METHODS
     if node.op == "call_function":
@@ -129,23 +130,74 @@ def read_graph(model, example, *, prune_output: bool = False) -> GraphLayers:
     def is_linear(node):
         return node is not None and node.op == "call_module" and isinstance(modules[node.target], nn.Linear)
 
+    def is_layer(node):
+        return node is not None and node.op == "call_module" and isinstance(modules[node.target], (nn.Linear, nn.Conv2d))
+
+    def kind(node):
+        """relu, max (a max pool the bound covers), avg (a linear pool) or None."""
+        if _is_relu(node, modules):
+            return "relu"
+        if node.op == "call_module":
+            m = modules[node.target]
+            if type(m) is nn.MaxPool2d:
+                return "max"
+            if isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
+                return "avg"
+        return None
+
+    def link(layer):
+        """The chain layer before ``layer`` and the max pool after its ReLU: going back from
+        ``layer`` there must be linear pools, then one ReLU and at most one max pool (in either
+        order: ReLU and max commute), then a Linear or Conv2d, each feeding only the next."""
+        node, after, pool, relu = backward(layer), layer, None, False
+        while node is not None and not is_layer(node):
+            k = kind(node)
+            if k is None or (k == "avg" and (relu or pool is not None)) or (k == "relu" and relu) \
+                    or (k == "max" and pool is not None) or forward(node) is not after:
+                return None, None
+            relu, pool = relu or k == "relu", node if k == "max" else pool
+            after, node = node, backward(node)
+        if not relu or node is None or forward(node) is not after:
+            return None, None
+        return node, pool
+
     # the output layer and the chain behind it
     output = next(n for n in nodes if n.op == "output")
     out_layer = backward(output)
     chain: list = []
+    pools: dict = {}
     notes = []
     if is_linear(out_layer):
-        cur = backward(out_layer)
-        while cur is not None and _is_relu(cur, modules):
-            lin = backward(cur)
-            if not is_linear(lin) or forward(lin) is not cur or forward(cur) is not (chain[0] if chain else out_layer):
+        cur = out_layer
+        while True:
+            prev, pool = link(cur)
+            if prev is None or (pool is not None and not isinstance(modules[prev.target], nn.Conv2d)):
                 break
-            chain.insert(0, lin)
-            cur = backward(lin)
+            m = modules[prev.target]
+            if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
+                notes.append(f"{prev.target}: {m.padding_mode} padding is outside the bound; the chain starts after it")
+                break
+            chain.insert(0, prev)
+            pools[prev.target] = pool
+            cur = prev
     else:
         out_layer = None
         notes.append("no nn.Linear produces the model's output: no output layer is frozen")
     chain_names = {n.target for n in chain}
+
+    def conv_shape(node):
+        from planner.core.conv import ConvShape, MaxPool
+
+        m = modules[node.target]
+        src = node.args[0]
+        in_shape, out_shape = src.meta["tensor_meta"].shape, node.meta["tensor_meta"].shape
+        pool = pools.get(node.target)
+        mp = None
+        if pool is not None:
+            pm = modules[pool.target]
+            ks = pm.kernel_size if isinstance(pm.kernel_size, tuple) else (pm.kernel_size, pm.kernel_size)
+            mp = MaxPool(int(ks[0] * ks[1]), int(math.prod(pool.meta["tensor_meta"].shape[1:])))
+        return ConvShape.of(m, tuple(in_shape[-2:]), tuple(out_shape[-2:]), mp)
 
     layers = []
     seen = set()
@@ -169,11 +221,11 @@ def read_graph(model, example, *, prune_output: bool = False) -> GraphLayers:
             continue
         seen.add(name)
         rows, cols = m.weight.shape[0], m.weight[0].numel()
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, nn.Conv2d) and name in chain_names:
             meta = node.meta.get("tensor_meta")
             spatial = int(meta.shape[-1] * meta.shape[-2]) if meta is not None else 1
-            layers.append(WeightLayer(name, rows, cols, flops_per_weight=spatial,
-                                      why="convolution"))
+            layers.append(WeightLayer(name, rows, cols, in_bound=True, flops_per_weight=spatial,
+                                      conv=conv_shape(node)))
         elif out_layer is not None and name == out_layer.target:
             layers.append(WeightLayer(name, rows, cols, frozen=not prune_output, why="output layer"))
         elif name in chain_names:
@@ -186,12 +238,21 @@ def read_graph(model, example, *, prune_output: bool = False) -> GraphLayers:
                 why = "not in the output's ReLU chain"
             else:
                 why = f"followed by {_describe(after, modules)}"
-            layers.append(WeightLayer(name, rows, cols, why=why))
+            spatial = 1
+            if isinstance(m, nn.Conv2d):
+                meta = node.meta.get("tensor_meta")
+                spatial = int(meta.shape[-1] * meta.shape[-2]) if meta is not None else 1
+                why = f"convolution {why}" if why.startswith("followed") else f"convolution, {why}"
+            layers.append(WeightLayer(name, rows, cols, flops_per_weight=spatial, why=why))
     # Linear / Conv2d modules the trace never called (unused ones; out_proj of an attention is seen)
     for name, m in model.named_modules():
         if isinstance(m, (nn.Linear, nn.Conv2d)) and name not in seen:
             notes.append(f"{name} is never called in the traced forward pass: left out of the plan")
     if not layers:
         raise ModelError("the model has no nn.Linear, nn.Conv2d or attention projection to prune")
-    input_size = modules[chain[0].target].in_features if chain else None
+    input_size = None
+    if chain:
+        first = chain[0]
+        input_size = (modules[first.target].in_features if is_linear(first)
+                      else int(math.prod(first.args[0].meta["tensor_meta"].shape[1:])))
     return GraphLayers(tuple(layers), input_size, tuple(notes))

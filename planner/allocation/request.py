@@ -109,7 +109,12 @@ class PlanRequest:
       the :class:`~planner.allocation.sensitivity.SensitivityTable` ``sensitivity``) and
       ``bound_floor`` (keep the bound within this many bits, or ``"X%"``, of the best; then the
       tie-break or the sensitivity decides);
-    - solver: ``solver``, ``time_limit``, ``threads``, ``pool_size``.
+    - solver: ``solver``, ``time_limit``, ``threads``, ``pool_size``;
+    - patterns (:mod:`planner.allocation.patterns`): ``patterns`` (a comma list or sequence of
+      ``unstructured``, ``bcr:RxC``, ``N:M``), ``max_latency`` (ms, the summed layer latency)
+      and ``latency_table`` (a :class:`~planner.allocation.latency.LatencyTable` or a path;
+      None: the built-in table). With neither ``patterns`` nor ``max_latency`` the plan is
+      unstructured, as before.
     """
 
     layers: tuple[WeightLayer, ...]
@@ -134,6 +139,13 @@ class PlanRequest:
     pool_size: int = 1
     architecture_info: dict = field(default_factory=dict)
     input_size: int | None = None
+    patterns: object = None
+    max_latency: float | None = None
+    latency_table: object = None
+
+    @property
+    def pattern_aware(self) -> bool:
+        return self.patterns is not None or self.max_latency is not None
 
     @classmethod
     def build(cls, arch: Architecture | str | None = None, *, layers: Sequence[WeightLayer] | None = None,
@@ -234,6 +246,12 @@ def validate(request: PlanRequest) -> Target:
     if r.solver == PAPER_SOLVER and (r.objective != "bound" or r.bound_floor is not None):
         raise ProblemError("the paper's procedure maximizes the bound alone: no --objective sensitivity "
                            "or --bound-floor with --solver paper")
+    if r.pattern_aware:
+        from planner.allocation.patterns import check_request
+
+        check_request(r)
+    elif r.latency_table is not None:
+        raise ProblemError("a latency table is read by pattern-aware plans only (give patterns or max_latency)")
     if isinstance(r.grid, bool) or not isinstance(r.grid, int) or r.grid < 1:
         raise ProblemError(f"grid size must be a positive integer, got {r.grid!r}")
     check_int(r.grid, "grid size", 1, MAX_GRID)

@@ -69,10 +69,14 @@ class LatencyTable:
                 curve.sort()
                 densities = [d for d, _ in curve]
                 if len(set(densities)) != len(densities):
-                    raise LatencyTableError(f"latency table {self.source or ''}: two entries for one shape "
-                                            f"{key[0]}x{key[1]} and density".strip())
+                    raise LatencyTableError(f"{self.label}: two entries for one shape {key[0]}x{key[1]} and "
+                                            "density")
         if "dense" not in self._curves:
-            raise LatencyTableError(f"latency table {self.source}: no 'dense' entries (the layers kept dense)")
+            raise LatencyTableError(f"{self.label}: no 'dense' entries (the layers kept dense)")
+
+    @property
+    def label(self) -> str:
+        return f"latency table {self.source}" if self.source else "the latency table"
 
     @property
     def patterns(self) -> list[str]:
@@ -137,7 +141,7 @@ class LatencyTable:
     def require(self, pattern: str) -> None:
         if pattern not in self._curves:
             raise LatencyTableError(
-                f"latency table {self.source} has no entries for pattern {pattern} (it has: "
+                f"{self.label} has no entries for pattern {pattern} (it has: "
                 f"{', '.join(p for p in self.patterns if p != 'dense')}); measure it with "
                 "python benchmarks/structured.py --write-table FILE (--block B for bcr:BxB, --nm N:M)")
 

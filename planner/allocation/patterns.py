@@ -40,7 +40,7 @@ from planner.allocation.problem import AllocationProblem, LinearBudget
 from planner.errors import InfeasibleError, PatternError, ProblemError
 
 UNSTRUCTURED = "unstructured"
-_BCR = re.compile(r"bcr:(.+)")
+_BCR = re.compile(r"bcr:(.*)")
 _NM = re.compile(r"\s*\d+\s*:\s*\d+\s*")
 #: latencies enter the integer program in whole nanoseconds
 NS_PER_MS = 1_000_000

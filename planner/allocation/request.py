@@ -235,6 +235,12 @@ def validate(request: PlanRequest) -> Target:
         from planner.allocation.secondary import BoundFloor
 
         BoundFloor.parse(r.bound_floor)
+    if r.pattern_aware:
+        from planner.allocation.patterns import check_request
+
+        check_request(r)
+    elif r.latency_table is not None:
+        raise ProblemError("a latency table is read by pattern-aware plans only (give patterns or max_latency)")
     if r.objective == "sensitivity":
         from planner.allocation.sensitivity import SensitivityTable
 
@@ -246,12 +252,6 @@ def validate(request: PlanRequest) -> Target:
     if r.solver == PAPER_SOLVER and (r.objective != "bound" or r.bound_floor is not None):
         raise ProblemError("the paper's procedure maximizes the bound alone: no --objective sensitivity "
                            "or --bound-floor with --solver paper")
-    if r.pattern_aware:
-        from planner.allocation.patterns import check_request
-
-        check_request(r)
-    elif r.latency_table is not None:
-        raise ProblemError("a latency table is read by pattern-aware plans only (give patterns or max_latency)")
     if isinstance(r.grid, bool) or not isinstance(r.grid, int) or r.grid < 1:
         raise ProblemError(f"grid size must be a positive integer, got {r.grid!r}")
     check_int(r.grid, "grid size", 1, MAX_GRID)

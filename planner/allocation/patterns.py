@@ -306,7 +306,8 @@ def exhaustive(problem: AllocationProblem, scorer) -> tuple[int, ...]:
     lexicographically smallest; :class:`InfeasibleError` when none meets the budgets."""
     feasible = [c for c in problem.all_choices() if problem.feasible(c)]
     if not feasible:
-        raise InfeasibleError("no combination of the candidates meets the budgets")
+        raise InfeasibleError("no combination of the candidates meets the budgets ("
+                              + ", ".join(b.name for b in problem.budgets) + ")")
     top = max(scorer.step(scorer.exact(c)) for c in feasible)
     tied = sorted(c for c in feasible if scorer.step(scorer.exact(c)) == top)
     best = tied[0]

@@ -10,7 +10,9 @@ The file is JSON::
 ``pattern`` is ``dense`` (density 1: the layer kept dense, whatever pattern it would have),
 ``unstructured``, ``bcr:RxC`` or ``N:M``; ``ms`` is the fastest kernel the benchmark has for the
 pattern at that shape and density (``kernel`` names it: ``dense``, ``csr``, ``bcr-bmm``...),
-one forward pass of ``batch`` samples on ``threads`` torch threads.
+one forward pass of ``batch`` samples on ``threads`` torch threads. The benchmark makes the
+entries monotone (``ms`` is the least measured at that density or above, the raw figure stays
+as ``measured_ms``, which the planner does not read).
 
 A layer of ``rows x cols`` at density ``d`` under a pattern (:meth:`LatencyTable.ms`):
 

@@ -309,6 +309,29 @@ def test_equal_counts_keep_the_pattern_of_least_latency():
             cache=RankCache(disk=False))
 
 
+def test_layers_outside_the_bound_and_convolutions_pay_their_latency():
+    """A layer outside the bound keeps the global density, unstructured, and costs the table's
+    time times its output positions (a conv); the frozen output layer costs its dense time."""
+    from planner.allocation.request import WeightLayer
+
+    table = LatencyTable.from_dict(small_table())
+    layers = [WeightLayer("conv", 10, 10, in_bound=False, flops_per_weight=4, why="convolution"),
+              WeightLayer("fc1", 10, 10, in_bound=True), WeightLayer("fc2", 10, 10, in_bound=True),
+              WeightLayer("out", 3, 10, frozen=True)]
+    request = PlanRequest.build(layers=layers, density=0.3, rank_model="analytic", patterns="unstructured",
+                                latency_table=table, architecture_info={"input_size": 10})
+    plan = run(request, cache=RankCache(disk=False))
+    conv, out = plan.layer("conv"), plan.layer("out")
+    assert conv.pattern == "unstructured" and out.pattern == "dense"
+    assert conv.latency_ms == pytest.approx(round(4 * table.ms("unstructured", 10, 10, conv.keep / 100), 6))
+    assert out.latency_ms == pytest.approx(round(table.ms("dense", 3, 10, 1.0), 6))
+    with pytest.raises(ProblemError, match="add unstructured"):
+        run(dataclasses.replace(request, patterns="bcr:2x2",
+                                latency_table=LatencyTable.from_dict(small_table(extra=[
+                                    {"pattern": "bcr:2x2", "rows": 10, "cols": 10, "density": 0.5, "ms": 1e-4}]))),
+            cache=RankCache(disk=False))
+
+
 def test_requests_pattern_aware_plans_refuse():
     base = dict(density=0.3, rank_model="analytic")
     for fields, error, message in (

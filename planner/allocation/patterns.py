@@ -13,8 +13,8 @@ bound chain the candidates of every listed pattern:
     one candidate: the count an N:M mask keeps (density N/M; :func:`planner.pruning.nm.nm_count`).
 
 Each candidate costs its kept weights (the weight budget, ``--max-flops``, further budgets, as
-for unstructured plans) and its latency read off a measured table (:mod:`.latency`), in whole
-nanoseconds rounded up; ``--max-latency`` caps the summed latency of every layer of the
+for unstructured plans) and its latency read off a measured table (:mod:`.latency`; a Conv2d's
+times its output positions), in whole nanoseconds rounded up; ``--max-latency`` caps the summed latency of every layer of the
 network, the frozen (dense) ones and those outside the bound included.
 
 The objective stays the exact bound of the keep-counts. The bound's rank model assumes i.i.d.
@@ -153,6 +153,13 @@ def _ns(ms: float) -> int:
     return int(math.ceil(ms * NS_PER_MS - 1e-9))
 
 
+def layer_ms(table, pattern: str, w, keep: int) -> float:
+    """A layer's latency: the table's time of its rows x cols matrix at keep / size, times its
+    output positions (``flops_per_weight``: 1 for a Linear; a Conv2d runs its out x in*kh*kw
+    matrix once per output position, costed as that many batches)."""
+    return table.ms(pattern, w.rows, w.cols, keep / w.size) * max(1, int(w.flops_per_weight))
+
+
 def pattern_candidates(target, patterns, table):
     """Per chain layer: the candidates (ascending keep) entering the integer program, each with
     its pattern name and latency in ns; the dominated ones (same count, not less latency)
@@ -179,7 +186,7 @@ def pattern_candidates(target, patterns, table):
             for c in pcs:
                 if not (lo <= c.keep <= hi) or c.keep <= 0:
                     continue
-                ns = _ns(table.ms(p.name, w.rows, w.cols, c.keep / w.size))
+                ns = _ns(layer_ms(table, p.name, w, c.keep))
                 old = best.get(c.keep)
                 if old is None or (ns, order) < old[:2]:
                     best[c.keep] = (ns, order, p.name, c)
@@ -231,13 +238,13 @@ def build_pattern_problem(target, *, cache=None, workers=None, progress=None) ->
         if w.name in chosen:
             continue
         if w.frozen:
-            fixed_ms[w.name] = ("dense", table.ms("dense", w.rows, w.cols, 1.0))
+            fixed_ms[w.name] = ("dense", layer_ms(table, "dense", w, w.size))
         else:
             keep = target.fixed[w.name]
             if not any(p.kind == UNSTRUCTURED for p in patterns):
                 raise ProblemError(f"layer {w.name} is outside the bound and keeps the global density "
                                    "unstructured: add unstructured to --patterns")
-            fixed_ms[w.name] = (UNSTRUCTURED, table.ms(UNSTRUCTURED, w.rows, w.cols, keep / w.size))
+            fixed_ms[w.name] = (UNSTRUCTURED, layer_ms(table, UNSTRUCTURED, w, keep))
     constant_ns = sum(_ns(ms) for _, ms in fixed_ms.values())
     budgets = list(built.problem.budgets)
     if r.max_latency is not None:

@@ -14,18 +14,23 @@ bound chain the candidates of every listed pattern:
 
 Each candidate costs its kept weights (the weight budget, ``--max-flops``, further budgets, as
 for unstructured plans) and its latency read off a measured table (:mod:`.latency`; a Conv2d's
-times its output positions), in whole nanoseconds rounded up; ``--max-latency`` caps the summed latency of every layer of the
-network, the frozen (dense) ones and those outside the bound included.
+times its output positions), in whole nanoseconds rounded up; ``--max-latency`` caps the
+summed latency of every layer of the network, the frozen (dense) ones and those outside the
+bound included.
 
 The objective stays the exact bound of the keep-counts. The bound's rank model assumes i.i.d.
 masks, so a structured pattern's count is scored as an unstructured mask of the same count
-would be; a BCR mask (whole rows and columns inside blocks) or an N:M mask can have a lower
-rank than that at low densities, which the bound does not see. Two candidates of one layer
+would be; a BCR mask (whole rows and columns inside blocks) can have a lower rank than that at
+low densities, an N:M mask (every row keeps N of each M) a higher one, which the bound does not
+see. Two candidates of one layer
 with the same count therefore have the same bound and the same weight and FLOP costs: only the
 one of least latency (ties: the pattern listed first) enters the integer program, which loses
 no plan. The integer program is the usual one (one binary per layer and candidate, one
 candidate per layer, every budget a linear row; :mod:`solvers`), polished on the exact bound
-(:func:`planner.allocation.search.polish`). The left-over weights are not handed out and no
+(:func:`planner.allocation.search.polish`); with at most :data:`EXHAUSTIVE_MAX_COMBINATIONS`
+combinations every one is scored on the exact bound instead (the max-plus optimum is the
+brute-force one, but its polish once ended 0.02 bits below the exact optimum in 300 random
+small instances). The left-over weights are not handed out and no
 search on integer keep-counts follows: a pattern's counts are its own.
 """
 

@@ -76,7 +76,7 @@ DATA_OPTIONS = ("calibration", "labels", "dataset", "data_dir", "samples")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan file to stdout instead of a table.")
 @click.option("--patterns", default=None,
               help="Pattern-aware plan: each hidden layer chooses one of these patterns and a count, e.g. "
-                   "unstructured,bcr:16x16,2:4 (default: unstructured only, as without the option).")
+                   "unstructured,bcr:16x16,2:4 (with --max-latency alone: unstructured).")
 @click.option("--max-latency", type=FiniteFloat(min=0, min_open=True), default=None,
               help="Cap (ms) on the summed layer latency, read off --latency-table (a pattern-aware plan).")
 @click.option("--latency-table", type=click.Path(dir_okay=False), default=None,

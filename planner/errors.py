@@ -65,3 +65,7 @@ class LimitError(PlannerError, ValueError):
 
 class PatternError(PlannerError, ValueError):
     """A structured-sparsity pattern (BCR block, N:M) is malformed or a mask does not follow it."""
+
+
+class LatencyTableError(PlannerError, ValueError):
+    """A latency table is malformed, unreadable, or lacks a pattern a plan asks for."""

@@ -268,6 +268,10 @@ def run(request: PlanRequest, *, cache: RankCache | None = None, workers: int | 
     """The pipeline on a request. ``cache``, ``workers`` and ``progress`` change how fast the
     plan comes, never which plan: same request, same plan, byte for byte."""
     target = validate(request)
+    if request.pattern_aware:
+        from planner.allocation.patterns import run_patterns
+
+        return run_patterns(target, cache=cache, workers=workers, progress=progress)
     if not target.chain:
         return _run_without_chain(target, cache=cache, workers=workers, progress=progress)
     if request.objective == "sensitivity" or request.bound_floor is not None:
@@ -360,6 +364,9 @@ def plan(
     progress: Progress | None = None,
     architecture_info: dict | None = None,
     input_shape: Sequence[int] | None = None,
+    patterns=None,
+    max_latency: float | None = None,
+    latency_table=None,
 ) -> Plan:
     """A per-layer sparsity plan maximizing the expected linear-region bound.
 
@@ -367,7 +374,8 @@ def plan(
     read as ``plan --model`` reads it; ``input_shape`` for models starting with a conv) or ``layers`` (a list of
     :class:`WeightLayer`, hidden ReLU chain marked ``in_bound``), and exactly one of ``density``
     (global kept fraction of the prunable weights) or ``keep`` (kept weights). The other
-    arguments are the fields of :class:`PlanRequest`. Raises :class:`InfeasibleError` when no
+    arguments are the fields of :class:`PlanRequest` (``patterns``, ``max_latency`` and
+    ``latency_table``: a pattern-aware plan, :mod:`planner.allocation.patterns`). Raises :class:`InfeasibleError` when no
     plan meets the budgets.
     """
     if arch is not None and not isinstance(arch, (str, Architecture)) and hasattr(arch, "named_modules"):
@@ -382,5 +390,6 @@ def plan(
         budgets=budgets, input_dim=input_dim, rank_model=rank_model, seed=seed, grid=grid, tie_break=tie_break,
         integer=integer, objective=objective, bound_floor=bound_floor, sensitivity=sensitivity,
         solver=solver, time_limit=time_limit, threads=threads, pool_size=pool_size,
+        patterns=patterns, max_latency=max_latency, latency_table=latency_table,
     )
     return run(request, cache=cache, workers=workers, progress=progress)

@@ -32,6 +32,9 @@ class PlanLayer:
     rule: str | None = None
     why: str | None = None  # why the layer is outside the bound
     keep_neurons: int | None = None  # neuron plans: the layer's kept outputs (rows)
+    #: pattern-aware plans: the layer's pattern (unstructured, bcr:RxC, N:M, dense) and latency
+    pattern: str | None = None
+    latency_ms: float | None = None
 
     @property
     def size(self) -> int:
@@ -63,6 +66,10 @@ class PlanLayer:
             d["why"] = self.why
         if self.keep_neurons is not None:
             d["keep_neurons"] = self.keep_neurons
+        if self.pattern is not None:
+            d["pattern"] = self.pattern
+        if self.latency_ms is not None:
+            d["latency_ms"] = self.latency_ms
         return d
 
 
@@ -194,7 +201,7 @@ class Plan:
                 )
             layers.append(PlanLayer(name, rows, cols, keep, raw.get("frozen", False), raw.get("in_bound", False),
                                     raw.get("expected_rank"), raw.get("rule"), raw.get("why"),
-                                    raw.get("keep_neurons")))
+                                    raw.get("keep_neurons"), raw.get("pattern"), raw.get("latency_ms")))
         granularity = data.get("granularity", "weights")
         if granularity == "neurons":
             _check_neurons(layers)

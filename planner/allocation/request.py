@@ -117,7 +117,12 @@ class PlanRequest:
       the :class:`~planner.allocation.sensitivity.SensitivityTable` ``sensitivity``) and
       ``bound_floor`` (keep the bound within this many bits, or ``"X%"``, of the best; then the
       tie-break or the sensitivity decides);
-    - solver: ``solver``, ``time_limit``, ``threads``, ``pool_size``.
+    - solver: ``solver``, ``time_limit``, ``threads``, ``pool_size``;
+    - patterns (:mod:`planner.allocation.patterns`): ``patterns`` (a comma list or sequence of
+      ``unstructured``, ``bcr:RxC``, ``N:M``), ``max_latency`` (ms, the summed layer latency)
+      and ``latency_table`` (a :class:`~planner.allocation.latency.LatencyTable` or a path;
+      None: the built-in table). With neither ``patterns`` nor ``max_latency`` the plan is
+      unstructured, as before.
     """
 
     layers: tuple[WeightLayer, ...]
@@ -142,6 +147,13 @@ class PlanRequest:
     pool_size: int = 1
     architecture_info: dict = field(default_factory=dict)
     input_size: int | None = None
+    patterns: object = None
+    max_latency: float | None = None
+    latency_table: object = None
+
+    @property
+    def pattern_aware(self) -> bool:
+        return self.patterns is not None or self.max_latency is not None
 
     @classmethod
     def build(cls, arch: Architecture | str | None = None, *, layers: Sequence[WeightLayer] | None = None,
@@ -231,6 +243,12 @@ def validate(request: PlanRequest) -> Target:
         from planner.allocation.secondary import BoundFloor
 
         BoundFloor.parse(r.bound_floor)
+    if r.pattern_aware:
+        from planner.allocation.patterns import check_request
+
+        check_request(r)
+    elif r.latency_table is not None:
+        raise ProblemError("a latency table is read by pattern-aware plans only (give patterns or max_latency)")
     if r.objective == "sensitivity":
         from planner.allocation.sensitivity import SensitivityTable
 

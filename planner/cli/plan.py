@@ -29,7 +29,7 @@ from planner.cli.common import (
 #: options that are fields of PlanRequest, passed through under the same name
 REQUEST_OPTIONS = ("density", "keep", "solver", "rank_model", "input_dim", "seed", "grid", "min_density",
                    "max_density", "max_flops", "tie_break", "integer", "objective", "bound_floor", "time_limit",
-                   "threads")
+                   "threads", "max_latency")
 #: what the baselines ignore
 LR_BOUND_ONLY = ("min_density", "max_density", "max_flops", "bound_floor")
 #: where the sensitivity objective's table comes from (besides --sensitivity FILE)
@@ -74,10 +74,18 @@ DATA_OPTIONS = ("calibration", "labels", "dataset", "data_dir", "samples")
               help="Processes sampling rank distributions (default: every core; same result for any count).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the plan file here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan file to stdout instead of a table.")
+@click.option("--patterns", default=None,
+              help="Pattern-aware plan: each hidden layer chooses one of these patterns and a count, e.g. "
+                   "unstructured,bcr:16x16,2:4 (with --max-latency alone: unstructured).")
+@click.option("--max-latency", type=FiniteFloat(min=0, min_open=True), default=None,
+              help="Cap (ms) on the summed layer latency, read off --latency-table (a pattern-aware plan).")
+@click.option("--latency-table", type=click.Path(dir_okay=False), default=None,
+              help="Latency table from `python benchmarks/structured.py --write-table` (default: the built-in "
+                   "one, measured on this project's machine).")
 @click.option("--granularity", type=click.Choice(("weights", "neurons")), default="weights", show_default=True,
               help="weights: keep-counts per layer; neurons: kept neurons per hidden layer (a smaller dense MLP).")
 def plan_command(arch, model_spec, weights, input_shape, strategy, prune_output, cache_dir, no_cache, workers,
-                 output, as_json, sensitivity_path, **request_options):
+                 output, as_json, sensitivity_path, patterns, latency_table, **request_options):
     """Plan per-layer densities that maximize the expected linear-region bound.
 
     The network is --arch (sizes) or --model (a torch model factory, optionally --weights).
@@ -86,6 +94,22 @@ def plan_command(arch, model_spec, weights, input_shape, strategy, prune_output,
 
     o = request_options
     data = {k: o.pop(k) for k in DATA_OPTIONS}
+    pattern_aware = patterns is not None or o["max_latency"] is not None
+    if latency_table is not None and not pattern_aware:
+        raise click.UsageError("--latency-table goes with --patterns or --max-latency")
+    if pattern_aware:
+        from planner.allocation.patterns import parse_patterns
+        from planner.errors import PatternError
+
+        try:
+            parse_patterns(patterns if patterns is not None else "unstructured")
+        except PatternError as exc:
+            raise click.BadParameter(str(exc).removeprefix("--patterns: "), param_hint="--patterns") from None
+        if o["granularity"] == "neurons" or strategy != "lr-bound":
+            raise click.UsageError("--patterns and --max-latency make weight plans of --strategy lr-bound")
+        if o["objective"] != "bound" or o["bound_floor"] is not None:
+            raise click.UsageError("--patterns and --max-latency plan the bound alone: no --objective sensitivity "
+                                   "or --bound-floor with them")
     if o.pop("granularity") == "neurons":
         from planner.cli.nodes import plan_neurons
 
@@ -160,7 +184,8 @@ def plan_command(arch, model_spec, weights, input_shape, strategy, prune_output,
         from planner.allocation.request import PlanRequest
 
         request = PlanRequest.build(net, layers=layers, prune_output=prune_output, architecture_info=info,
-                                    sensitivity=table_, **{k: o[k] for k in REQUEST_OPTIONS})
+                                    sensitivity=table_, patterns=patterns, latency_table=latency_table,
+                                    **{k: o[k] for k in REQUEST_OPTIONS})
         with progress_bars(not as_json) as progress:
             result = run(request, cache=cache, workers=workers, progress=progress)
     emit_plan(result, output, as_json, print_plan)
@@ -179,10 +204,14 @@ def print_plan(result) -> None:
         head = f"model {result.architecture['model']}  "
     d0 = f"  d0 = {result.input_dim}" if result.input_dim is not None else "  no ReLU chain: the bound guides no layer"
     click.echo(f"{head}strategy {result.strategy}  rank model {obj.get('rank_model')} (seed {result.seed}){d0}")
+    patterned = any(layer.pattern is not None for layer in result.layers)
+    extra_columns = [("pattern", "left"), ("latency ms", "right")] if patterned else []
     table(None, [("layer", "left"), ("shape", "right"), ("keep", "right"), ("density", "right"),
-                 ("expected rank", "right"), ("rule", "left")],
+                 ("expected rank", "right"), *extra_columns, ("rule", "left")],
           [[layer.name, f"{layer.rows}x{layer.cols}", str(layer.keep), fmt_density(layer.density),
             "" if layer.expected_rank is None else f"{layer.expected_rank:.2f}",
+            *([layer.pattern or "", "" if layer.latency_ms is None else f"{layer.latency_ms:.4f}"] if patterned
+              else []),
             (layer.rule or ("frozen" if layer.frozen else ("" if layer.in_bound else "outside the bound")))
             + (f" ({layer.why})" if layer.why and not layer.frozen else "")]
            for layer in result.layers])
@@ -191,6 +220,10 @@ def print_plan(result) -> None:
         uniform = obj.get("uniform_predicted_loss_increase")
         click.echo(f"loss increase       {obj['predicted_loss_increase']:+.4f} (sum of measured single-layer increases"
                    + (f"; uniform {uniform:+.4f})" if uniform is not None else ")"))
+    if obj.get("latency_ms") is not None:
+        cap = obj.get("max_latency_ms")
+        click.echo(f"latency             {obj['latency_ms']:.4f} ms" + (f" (at most {cap:g})" if cap is not None else "")
+                   + f"; batch {obj.get('latency_batch')}, table {obj.get('latency_table')}")
     if obj.get("log2_bound") is not None:
         click.echo(f"log2 bound          {obj['log2_bound']:.4f}")
     if obj.get("floor_log2_bound") is not None:

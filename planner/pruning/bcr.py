@@ -326,6 +326,66 @@ def reachable_counts(shape2d, block, limit: int | None = None) -> set[int]:
     return reach
 
 
+def _block_shapes(shape2d, block) -> dict[tuple[int, int], int]:
+    """{(h, w): how many blocks of that shape} (the last block row and column may be smaller)."""
+    rows, cols = shape2d
+    R, C = block
+    nbr, nbc = _grid(shape2d, block)
+    out: dict[tuple[int, int], int] = {}
+    for hh, nh in ((R, rows // R), (rows % R, 1 if rows % R else 0)):
+        for ww, nw in ((C, cols // C), (cols % C, 1 if cols % C else 0)):
+            if hh and ww and nh * nw:
+                out[(min(hh, rows), min(ww, cols))] = out.get((min(hh, rows), min(ww, cols)), 0) + nh * nw
+    assert sum(out.values()) == nbr * nbc
+    return out
+
+
+def count_structure(shape2d, block) -> tuple[int, frozenset]:
+    """``(free, top)``: every count in [0, free] is one a BCR mask of this shape can keep, and
+    above ``free`` exactly the counts in ``top``. Cheap for any layer size.
+
+    Why: block (0, 0) is the largest in both sides (h0 x w0) and keeps any count in [0, L0],
+    L0 = max(h0, w0) (one row or one column); every block's kept counts r * c climb in steps of
+    at most its shorter side (the multiples of it), which is <= L0. Adding blocks to a set of
+    counts holding a run of length >= L0 therefore extends the run by each block's area, so
+    [0, T - A0 + L0] is covered (T the weights, A0 = h0 * w0). Above it a count T - d is
+    reachable iff the deficit d < A0 - L0 is a sum of per-block deficits (area - r * c): a
+    small dynamic program per block shape, stopped when one more block of the shape adds nothing
+    below the window (then no further one can)."""
+    rows, cols = shape2d
+    R, C = parse_block(block)
+    total = rows * cols
+    h0, w0 = min(R, rows), min(C, cols)
+    free = total - h0 * w0 + max(h0, w0)
+    window = total - free - 1  # deficits 0..window decide the counts above free
+    if window < 0:
+        return total, frozenset()
+    reach = np.zeros(window + 1, dtype=bool)
+    reach[0] = True
+    for (h, w), count in sorted(_block_shapes((rows, cols), (R, C)).items()):
+        area = h * w
+        deficits = sorted({area - r * c for r in range(h + 1) for c in range(w + 1)} - {0})
+        deficits = [d for d in deficits if d <= window]
+        for _ in range(count):
+            new = reach.copy()
+            for d in deficits:
+                new[d:] |= reach[:window + 1 - d]
+            if (new == reach).all():
+                break
+            reach = new
+    return free, frozenset(int(total - d) for d in np.flatnonzero(reach))
+
+
+def nearest_count(shape2d, block, keep: int) -> int:
+    """The count a BCR mask keeping ``keep`` weights realizes: ``keep`` when the pattern allows
+    it, else the nearest count it allows (ties: the lower), as :func:`bcr_mask_2d` does."""
+    free, top = count_structure(shape2d, block)
+    keep = int(keep)
+    if keep <= free:
+        return max(keep, 0)
+    return min([free, *top], key=lambda k: (abs(k - keep), k))
+
+
 def bcr_violations(mask, block) -> list[tuple[int, int]]:
     """Blocks (block row, block column) whose survivors do not form a dense sub-matrix (the kept
     rows x kept columns); empty when ``mask`` (2-D, or a conv mask viewed as out x rest) is BCR."""

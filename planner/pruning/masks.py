@@ -141,6 +141,56 @@ def _structured_masks(pairs, criterion, options, notes=None):
     return masks
 
 
+#: plan-layer patterns magnitude pruning realizes as it is
+UNSTRUCTURED_PATTERNS = (None, "unstructured", "dense")
+
+
+def plan_patterns(plan: Plan) -> list[str]:
+    """The structured patterns a pattern-aware plan gives its prunable layers (empty: none)."""
+    return sorted({layer.pattern for layer in plan.layers if not layer.frozen
+                   and layer.pattern not in UNSTRUCTURED_PATTERNS})
+
+
+def _check_pattern_plan(plan: Plan, criterion: str) -> bool:
+    """Is ``plan`` pattern-aware (a structured pattern on some layer)? Such a plan is applied
+    with the default criterion, which realizes each layer's pattern."""
+    found = plan_patterns(plan)
+    if found and criterion != "magnitude":
+        raise PlannerError(f"this plan gives layers the patterns {', '.join(found)}: apply it with the default "
+                           f"--criterion magnitude, which realizes each layer's pattern, not {criterion}")
+    return bool(found)
+
+
+def _pattern_masks(pairs, notes=None):
+    """Masks of a pattern-aware plan: each layer under its own pattern (unstructured layers by
+    magnitude)."""
+    from planner.allocation.patterns import parse_pattern
+
+    groups: dict[str, list] = {}
+    for layer, module in pairs:
+        groups.setdefault(layer.pattern if layer.pattern not in UNSTRUCTURED_PATTERNS else "unstructured",
+                          []).append((layer, module))
+    masks = {}
+    for name, group in sorted(groups.items()):
+        if name == "unstructured":
+            for layer, module in group:
+                masks[layer.name] = top_k_mask(weight_of(module, layer.name), layer.keep, absolute=True)
+            continue
+        criterion, options = parse_pattern(name).mask_settings()
+        # the nm notes say the plan did not choose the counts: here it did
+        masks.update(_structured_masks(group, criterion, options, notes if criterion == "bcr" else None))
+    return masks
+
+
+def _layer_criterion(layer) -> str:
+    if layer.pattern in UNSTRUCTURED_PATTERNS:
+        return "magnitude"
+    from planner.allocation.patterns import parse_pattern
+
+    criterion, options = parse_pattern(layer.pattern).mask_settings()
+    return _describe_structured(criterion, options)
+
+
 def compute_masks(model, plan: Plan, criterion: str = "magnitude", *, calibration=None, generator=None,
                   _stats=None, options=None):
     """{layer name: bool mask} for every non-frozen layer of ``plan``; touches nothing.
@@ -150,6 +200,8 @@ def compute_masks(model, plan: Plan, criterion: str = "magnitude", *, calibratio
     if criterion not in CRITERIA:
         raise PlannerError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
     pairs = _prunable_modules(model, plan)
+    if _check_pattern_plan(plan, criterion):
+        return _pattern_masks(pairs)
     if criterion in STRUCTURED:
         return _structured_masks(pairs, criterion, options)
     stats = _statistics(model, pairs, criterion, calibration) if _stats is None else _stats
@@ -178,7 +230,9 @@ def apply_plan(model, plan: Plan, criterion: str = "magnitude", calibration=None
     initialization). Structured criteria (:data:`STRUCTURED`: ``bcr`` with
     ``options={"block": "16x16", "keep_rows": f, "keep_cols": f}``, ``nm`` with
     ``options={"pattern": "2:4"}``) keep what their pattern allows; the report gives the
-    realized count of every layer and notes where it differs from the plan's. Returns the
+    realized count of every layer and notes where it differs from the plan's. A pattern-aware
+    plan (layers with a ``pattern``: ``plan --patterns``) is applied with ``magnitude``, each
+    layer under its own pattern (bcr / nm masks, magnitude for unstructured ones). Returns the
     realized density per layer.
     """
     import torch
@@ -190,12 +244,15 @@ def apply_plan(model, plan: Plan, criterion: str = "magnitude", calibration=None
         raise PlannerError("--rescale scales the surviving weights after pruning, which undoes the bias "
                            "compensation; use it with magnitude or random pruning")
     pairs = _prunable_modules(model, plan)
+    patterned = _check_pattern_plan(plan, criterion)
     for layer, module in pairs:
         if not bool(torch.isfinite(weight_of(module, layer.name)).all()):
             bad = int((~torch.isfinite(weight_of(module, layer.name))).sum())
             raise ModelError(f"layer {layer.name} has {bad} non-finite weight(s) (nan or inf): refusing to prune it")
     report = ApplyReport()
-    if criterion in STRUCTURED:
+    if patterned:
+        stats, masks = {}, _pattern_masks(pairs, report.notes)
+    elif criterion in STRUCTURED:
         stats, masks = {}, _structured_masks(pairs, criterion, options, report.notes)
     else:
         stats = _statistics(model, pairs, criterion, calibration)
@@ -229,6 +286,8 @@ def apply_plan(model, plan: Plan, criterion: str = "magnitude", calibration=None
                                mask.to(device=weight.device, dtype=weight.dtype))
         if criterion in STRUCTURED:
             crit = _describe_structured(criterion, options)
+        elif patterned:
+            crit = _layer_criterion(layer)
         report.layers.append(AppliedLayer(layer.name, layer.size, layer.keep, kept, crit))
     return report
 

@@ -62,6 +62,12 @@ def nm_mask_2d(w2d, n: int, m: int) -> np.ndarray:
     return np.ascontiguousarray(keep)
 
 
+def nm_count(rows: int, cols: int, n: int, m: int) -> int:
+    """Weights an N:M mask of a rows x cols weight keeps: N per full group of M inputs, min(N, g)
+    in a last group of g."""
+    return rows * ((cols // m) * n + min(n, cols % m))
+
+
 def nm_violations(mask, n: int, m: int) -> list[tuple[int, int]]:
     """(row, group) of every group with a count other than min(N, group size)."""
     mk = np.asarray(mask, dtype=bool)

@@ -74,7 +74,7 @@ def compare_command(dataset, data_dir, arch, densities, strategies, criteria, we
                     batch_size, rank_model, threads, executor, n_jobs, address, out_dir, no_progress, as_json):
     """Train, prune by each strategy, fine-tune and compare test accuracy."""
     from planner.experiments.compare import compare, parse_criteria, parse_strategies
-    from planner.experiments.report import markdown_table, verdict_table, write_outputs
+    from planner.experiments.report import distortion_table, markdown_table, verdict_table, write_outputs
 
     # The paper's schedule (lr 0.01, 15 + 15 epochs) gives MNIST about 7000 SGD updates; digits
     # has 11 batches an epoch, so the same schedule leaves even the dense model near chance
@@ -112,9 +112,9 @@ def compare_command(dataset, data_dir, arch, densities, strategies, criteria, we
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:
         click.echo(markdown_table(result.rows, result.dense))
-        table = verdict_table(result.rows)
-        if table:
-            click.echo(table)
+        for table in (verdict_table(result.rows), distortion_table(result.rows, result.dense)):
+            if table:
+                click.echo(table)
         for path in written:
             click.echo(f"wrote {path}")
     if not no_progress:

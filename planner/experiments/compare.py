@@ -1,10 +1,13 @@
 """The accuracy experiment: does bound-guided allocation beat the baselines?
 
-For every seed: train the dense MLP once (SGD, cross-entropy); then for every density and
-strategy: plan the per-layer keep-counts, prune a copy of the dense model by magnitude within
-each layer (``apply_plan``), fine-tune it with the masks held fixed (the torch prune hook keeps
-``weight = weight_orig * weight_mask``), finalize, and measure test accuracy and per-class
-recall. The output layer stays dense under every strategy, as in the paper.
+For every seed: train the dense MLP once (SGD, cross-entropy, optional weight decay); then for
+every density, strategy and criterion: plan the per-layer keep-counts, prune a copy of the dense
+model within each layer by the criterion (``apply_plan``: magnitude, gradient, undecayed or
+random), fine-tune it with the masks held fixed (the torch prune hook keeps ``weight =
+weight_orig * weight_mask``), finalize, and measure test accuracy, per-class recall, the recall
+distortion against the dense model and the SVCCA of every hidden layer against it
+(:mod:`planner.experiments.distortion`). The output layer stays dense under every strategy, as
+in the paper.
 
 Strategies: ``lr-bound`` (the planner, default tie-break ``robust``), ``lr-bound:<tie-break>``
 (``robust``, ``robust-analytic``, ``prior:uniform``, ``prior:erk``, ``none``), any of those with
@@ -18,7 +21,8 @@ Determinism: the same arguments give the same rows. The model's initial weights 
 ``torch.manual_seed(seed)``; every pass over the data draws its order from its own generator:
 the dense training from one seeded by ``seed``, every fine-tuning run from one seeded by
 ``seed`` alone, so all strategies and densities of a seed see the same batches (a paired
-comparison) and a row does not depend on which other strategies or densities were run.
+comparison) and a row does not depend on which other strategies, densities or criteria were
+run; the random criterion's scores come from a third generator seeded by ``seed``.
 """
 
 from __future__ import annotations
@@ -408,7 +412,8 @@ def _compare(dataset, arch, densities, strategies, seeds, *, epochs, finetune_ep
 
     def pruned_job(spec, trained=None) -> Job:
         return Job(_pruned_job, (spec, trained), spec=spec,
-                   label=f"seed {spec['seed']}: {spec['strategy']} at {spec['density']:g} ({spec['criterion']})")
+                   label=f"seed {spec['seed']}: {spec['strategy']} at {spec['density']:g}"
+                         + ("" if spec["criterion"] == "magnitude" else f" ({spec['criterion']})"))
 
     every = dense_jobs + [pruned_job(spec) for spec in pruned_specs]  # the keys do not depend on `trained`
     reused = sum(store.load(job)[0] for job in every) if store is not None else 0

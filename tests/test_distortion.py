@@ -239,7 +239,7 @@ def test_compare_rows_at_density_one_equal_the_dense_model(monkeypatch, tmp_path
     dense = {d["seed"]: d for d in result.dense}
     for r in result.rows:
         assert r["accuracy"] == dense[r["seed"]]["accuracy"] and r["pruning_ratio"] == 1.0
-        assert r["intensification_slope"] == 1.0
+        assert r["intensification_slope"] == 1.0 and r["intensification_slope_pruned"] == 1.0
         assert r["svcca"] == pytest.approx([1.0, 1.0], abs=1e-6)
     assert dense[0]["reference_seed"] == 1 and dense[1]["reference_seed"] == 0
     assert all(0 <= v <= 1 for d in result.dense for v in d["svcca_reference"])

@@ -44,7 +44,8 @@ from planner.experiments.distortion import SVCCA_VARIANCE
 REFERENCE = "lr-bound"
 RESULT_FIELDS = ("strategy", "density", "seed", "criterion", "accuracy", "accuracy_pruned", "dense_accuracy",
                  "log2_bound", "kept", "pruning_ratio", "densities", "plan_densities", "per_class_recall",
-                 "normalized_balance", "intensification_ratio", "intensification_slope", "svcca")
+                 "normalized_balance", "intensification_ratio", "intensification_slope",
+                 "intensification_slope_pruned", "svcca")
 
 #: the within-layer criteria of compare (planner.pruning.masks); gradient and undecayed are scored
 #: on the training set, undecayed with eps = the run's weight decay
@@ -592,7 +593,7 @@ def _pruned_job(shared, spec, dense) -> dict:
         dense_acts = hidden_activations(model, X_te)
         apply_plan(model, p, criterion=criterion, calibration=X_tr, labels=y_tr, weight_decay=eps,
                    generator=torch.Generator().manual_seed(_stream(seed, 2)))
-        pruned_acc, _ = evaluate(model, X_te, y_te, n_classes)
+        pruned_acc, pruned_recall = evaluate(model, X_te, y_te, n_classes)
         train(model, X_tr, y_tr, epochs=spec["finetune_epochs"], lr=spec["lr"], batch_size=spec["batch_size"],
               momentum=spec["momentum"], weight_decay=eps,
               generator=torch.Generator().manual_seed(_stream(seed, 1)))
@@ -610,6 +611,7 @@ def _pruned_job(shared, spec, dense) -> dict:
         "normalized_balance": normalized_balance(recall, acc) if acc > 0 else None,
         "intensification_ratio": intensification_ratios(dense_recall, dense_acc, recall, acc) if acc > 0 else None,
         "intensification_slope": intensification_slope(dense_recall, dense_acc, recall, acc),
+        "intensification_slope_pruned": intensification_slope(dense_recall, dense_acc, pruned_recall, pruned_acc),
         "svcca": similarity,
     }
 

@@ -68,8 +68,9 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
 
 def distortion_summary(rows: Sequence[dict]) -> list[dict]:
     """Per (strategy, criterion, density): the mean pruning ratio t, and the mean of the
-    intensification slope alpha_t and of every hidden layer's SVCCA with their 95% confidence
-    intervals over seeds (rows without these fields are left out)."""
+    intensification slope alpha_t (after fine-tuning; ``alpha_pruned``: as pruned, before it) and
+    of every hidden layer's SVCCA with their 95% confidence intervals over seeds (rows without
+    these fields are left out)."""
     label = labeller(rows)
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -78,13 +79,14 @@ def distortion_summary(rows: Sequence[dict]) -> list[dict]:
     out = []
     for (strategy, criterion, density), rs in groups.items():
         alpha, alpha_ci, n = _ci95([r["intensification_slope"] for r in rs])
+        before, before_ci, _ = _ci95([r.get("intensification_slope_pruned") for r in rs])
         layers = max((len(r.get("svcca") or []) for r in rs), default=0)
         sv = [_ci95([r["svcca"][i] for r in rs if r.get("svcca") and len(r["svcca"]) > i]) for i in range(layers)]
         ratios = [r["pruning_ratio"] for r in rs if r.get("pruning_ratio") is not None]
         out.append({
             "strategy": strategy, "criterion": criterion, "label": label(rs[0]), "density": density,
             "pruning_ratio": float(np.mean(ratios)) if ratios else 1 / density, "n": n,
-            "alpha_mean": alpha, "alpha_ci95": alpha_ci,
+            "alpha_mean": alpha, "alpha_ci95": alpha_ci, "alpha_pruned_mean": before, "alpha_pruned_ci95": before_ci,
             "svcca_mean": [m for m, _, _ in sv], "svcca_ci95": [c for _, c, _ in sv],
         })
     return out
@@ -212,6 +214,12 @@ def distortion_table(rows: Sequence[dict], dense: Sequence[dict] = ()) -> str:
         vals = [cell.get((st, d)) for d in densities]
         lines.append(f"| {st} | " + " | ".join("" if v is None else _ci(v["alpha_mean"], v["alpha_ci95"])
                                               for v in vals) + " |")
+    if any(not math.isnan(s["alpha_pruned_mean"]) for s in summary):
+        lines += ["", "alpha_t of the pruned model before fine-tuning (masks applied, no training yet):", "", head, rule]
+        for st in series:
+            vals = [cell.get((st, d)) for d in densities]
+            lines.append(f"| {st} | " + " | ".join(
+                "" if v is None else _ci(v["alpha_pruned_mean"], v["alpha_pruned_ci95"]) for v in vals) + " |")
     layers = max(len(s["svcca_mean"]) for s in summary)
     if layers:
         names = " / ".join(f"hidden {i + 1}" for i in range(layers))
@@ -294,18 +302,33 @@ def plot_bound(ax, rows, title=None) -> None:
     ax.legend(fontsize=8)
 
 
-def plot_distortion(ax, rows, title=None) -> None:
-    """alpha_t against the pruning ratio t per series, 95% CI bars, the line alpha = 1."""
+def _log_ticks(ax, values) -> None:
+    """Ticks at the measured x values, written plainly (no crowded minor labels on a log axis)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+
+    values = sorted(set(values))
+    if values:
+        ax.xaxis.set_major_locator(FixedLocator(values))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def plot_distortion(ax, rows, title=None, before: bool = False) -> None:
+    """alpha_t against the pruning ratio t per series, 95% CI bars, the line alpha = 1
+    (``before``: the pruned models before fine-tuning)."""
+    key = "alpha_pruned" if before else "alpha"
     summary = distortion_summary(rows)
     series = list(dict.fromkeys(s["label"] for s in summary))
     for st, off in zip(series, _offsets(len(series))):
-        pts = sorted((s for s in summary if s["label"] == st and not math.isnan(s["alpha_mean"])),
+        pts = sorted((s for s in summary if s["label"] == st and not math.isnan(s[key + "_mean"])),
                      key=lambda s: s["pruning_ratio"])
-        ax.errorbar([s["pruning_ratio"] * off for s in pts], [s["alpha_mean"] for s in pts],
-                    yerr=[0.0 if math.isnan(s["alpha_ci95"]) else s["alpha_ci95"] for s in pts], marker="o", ms=4,
+        ax.errorbar([s["pruning_ratio"] * off for s in pts], [s[key + "_mean"] for s in pts],
+                    yerr=[0.0 if math.isnan(s[key + "_ci95"]) else s[key + "_ci95"] for s in pts], marker="o", ms=4,
                     capsize=3, label=st, **_style(st))
     ax.axhline(1.0, color="grey", ls="--", lw=1, label="alpha = 1 (no distortion)")
     ax.set_xscale("log")
+    _log_ticks(ax, [round(1 / s["density"], 6) for s in summary])
     ax.set_xlabel("pruning ratio t (dense / kept hidden-layer weights)")
     ax.set_ylabel("intensification slope alpha_t")
     ax.set_title(title or "recall distortion (mean ± 95% CI)")
@@ -332,6 +355,7 @@ def plot_svcca(axes, rows, dense=(), title=None) -> None:
             if not math.isnan(c):
                 ax.axhspan(m - c, m + c, color="grey", alpha=0.15)
         ax.set_xscale("log")
+        _log_ticks(ax, [s["density"] for s in summary])
         ax.set_xlabel("global density (kept fraction of hidden-layer weights)")
         ax.set_ylabel("SVCCA (mean canonical correlation)")
         ax.set_title(f"hidden layer {i + 1}" + (f": {title}" if title else ""))
@@ -361,8 +385,14 @@ def plots(result: Comparison) -> dict[str, bytes]:
     out["compare.png"] = _figure_bytes(fig)
     summary = distortion_summary(result.rows)
     if summary:
-        fig = Figure(figsize=(6.8, 4.6), layout="constrained")
-        plot_distortion(fig.add_subplot(), result.rows, f"recall distortion alpha_t ({where})")
+        if any(not math.isnan(s["alpha_pruned_mean"]) for s in summary):
+            fig = Figure(figsize=(13, 4.8), layout="constrained")
+            a, b = fig.subplots(1, 2)
+            plot_distortion(a, result.rows, f"alpha_t after fine-tuning ({where})")
+            plot_distortion(b, result.rows, "alpha_t as pruned, before fine-tuning", before=True)
+        else:
+            fig = Figure(figsize=(6.8, 4.6), layout="constrained")
+            plot_distortion(fig.add_subplot(), result.rows, f"recall distortion alpha_t ({where})")
         out["distortion.png"] = _figure_bytes(fig)
         layers = max(len(s["svcca_mean"]) for s in summary)
         if layers:

@@ -248,3 +248,17 @@ def test_compare_rows_at_density_one_equal_the_dense_model(monkeypatch, tmp_path
                                                             "uniform [undecayed]", "uniform [random]"}
     table = distortion_table(result.rows, result.dense)
     assert "| uniform [undecayed] | 1.00 ± 0.00 |" in table and "(1 pairs)" in table
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--criteria", "magnitude,taylor"], "unknown criterion 'taylor'"),
+    (["--criteria", ","], "unknown criterion ''"),
+    (["--weight-decay", "-1"], "--weight-decay"),
+    (["--weight-decay", "nan"], "not a finite number"),
+])
+def test_compare_criteria_errors_are_one_line(capsys, args, message):
+    from planner.cli import main
+
+    assert main(["compare", "--no-progress", "--epochs", "1", "--finetune-epochs", "0", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err

@@ -126,7 +126,7 @@ def apply_command(model_spec, weights, input_shape, plan_path, criterion, calibr
 
         X, y, _ = load_calibration(calibration, node_options.get("labels"), data["dataset"], data["data_dir"],
                                    data["samples"])
-        calib, labels = _as_batch(X, y)
+        calib, labels = _as_batch(X, y, input_shape)
     elif calibration is not None:
         try:
             calib = np.load(calibration, allow_pickle=False)
@@ -178,12 +178,21 @@ def _check_data_options(criterion, data) -> None:
         raise click.UsageError("--weight-decay is the eps of --criterion undecayed")
 
 
-def _as_batch(X, y):
-    """The calibration inputs and labels as tensors, after checking their types and lengths."""
+def _as_batch(X, y, input_shape=None):
+    """The calibration inputs (reshaped to ``--input-shape`` when it is given) and labels as
+    tensors, after checking their types and lengths."""
     import numpy as np
     import torch
 
+    from planner.cli.common import parse_shape
+
     X, y = np.asarray(X), np.asarray(y)
+    shape = parse_shape(input_shape)
+    if shape is not None:
+        if len(X) and X[0].size != int(np.prod(shape)):
+            raise click.UsageError(f"--calibration examples have {X[0].size} values, --input-shape {input_shape} "
+                                   f"needs {int(np.prod(shape))}")
+        X = X.reshape(len(X), *shape)
     if X.dtype.kind not in "fiu":
         raise click.UsageError(f"--calibration must hold numbers, got dtype {X.dtype}")
     if y.dtype.kind not in "iu" or y.ndim != 1:

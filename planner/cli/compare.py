@@ -38,6 +38,12 @@ def _parse_densities(text: str) -> list[float]:
               help="Comma list of lr-bound, lr-bound:<tie-break>[@floor] (robust, robust-analytic, prior:uniform, "
                    "prior:erk, none; floor in bits or %), lr-bound:sensitivity[@floor], uniform, uniform-plus, erk, "
                    "global, lamp.")
+@click.option("--criteria", default="magnitude", show_default=True,
+              help="Comma list of the within-layer criteria: magnitude, gradient (|w dL/dw|), undecayed "
+                   "(|-w dL/dw + eps w^2|, eps = --weight-decay), random; gradient and undecayed are scored on "
+                   "the training set. Every row has its criterion.")
+@click.option("--weight-decay", type=FiniteFloat(min=0), default=0.0, show_default=True,
+              help="SGD weight decay of the dense training and the fine-tuning; the eps of undecayed.")
 @click.option("--seeds", type=click.IntRange(1, 1000), default=1, show_default=True,
               help="Number of seeds (seeds 0..N-1): each trains its own dense model.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
@@ -64,11 +70,11 @@ def _parse_densities(text: str) -> list[float]:
                    "kept in its jobs/ and a rerun skips those.")
 @click.option("--no-progress", is_flag=True, help="No progress bars or progress lines on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of tables.")
-def compare_command(dataset, data_dir, arch, densities, strategies, seeds, epochs, finetune_epochs, lr, momentum,
+def compare_command(dataset, data_dir, arch, densities, strategies, criteria, weight_decay, seeds, epochs, finetune_epochs, lr, momentum,
                     batch_size, rank_model, threads, executor, n_jobs, address, out_dir, no_progress, as_json):
     """Train, prune by each strategy, fine-tune and compare test accuracy."""
-    from planner.experiments.compare import compare, parse_strategies
-    from planner.experiments.report import markdown_table, verdict_table, write_outputs
+    from planner.experiments.compare import compare, parse_criteria, parse_strategies
+    from planner.experiments.report import distortion_table, markdown_table, verdict_table, write_outputs
 
     # The paper's schedule (lr 0.01, 15 + 15 epochs) gives MNIST about 7000 SGD updates; digits
     # has 11 batches an epoch, so the same schedule leaves even the dense model near chance
@@ -79,6 +85,7 @@ def compare_command(dataset, data_dir, arch, densities, strategies, seeds, epoch
     lr = lr if lr is not None else (0.1 if digits else 0.01)
     dens = _parse_densities(densities)
     strats = parse_strategies(strategies)
+    crits = parse_criteria(criteria)
     if address is not None and executor != "ray":
         raise click.UsageError("--address is for --executor ray")
     if executor == "ray":
@@ -98,16 +105,16 @@ def compare_command(dataset, data_dir, arch, densities, strategies, seeds, epoch
     result = compare(dataset, arch, dens, strats, seeds, epochs=epochs, finetune_epochs=finetune_epochs, lr=lr,
                      momentum=momentum, batch_size=batch_size, data_dir=data_dir, rank_model=rank_model,
                      progress=not no_progress, threads=threads, executor=executor, n_jobs=n_jobs,
-                     address=address, resume_dir=resume_dir)
+                     address=address, resume_dir=resume_dir, criteria=crits, weight_decay=weight_decay)
     written = write_outputs(result, out_dir) if out_dir is not None else []
     elapsed = time.perf_counter() - started
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:
         click.echo(markdown_table(result.rows, result.dense))
-        table = verdict_table(result.rows)
-        if table:
-            click.echo(table)
+        for table in (verdict_table(result.rows), distortion_table(result.rows, result.dense)):
+            if table:
+                click.echo(table)
         for path in written:
             click.echo(f"wrote {path}")
     if not no_progress:

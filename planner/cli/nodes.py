@@ -168,6 +168,10 @@ def refuse_node_options(ctx, criterion) -> None:
     if criterion not in CRITERIA:
         raise click.UsageError(f"--criterion {criterion} keeps whole neurons: it needs a neuron plan "
                                "(plan --granularity neurons); this plan is per weight")
+    from planner.pruning.masks import DATA_CRITERIA
+
     for name in APPLY_NODE_ONLY:
+        if name == "labels" and criterion in DATA_CRITERIA:
+            continue  # the labels of the calibration batch
         if _given(ctx, name):
             raise click.UsageError(f"--{name.replace('_', '-')} applies to neuron plans only")

@@ -1,10 +1,13 @@
 """The accuracy experiment: does bound-guided allocation beat the baselines?
 
-For every seed: train the dense MLP once (SGD, cross-entropy); then for every density and
-strategy: plan the per-layer keep-counts, prune a copy of the dense model by magnitude within
-each layer (``apply_plan``), fine-tune it with the masks held fixed (the torch prune hook keeps
-``weight = weight_orig * weight_mask``), finalize, and measure test accuracy and per-class
-recall. The output layer stays dense under every strategy, as in the paper.
+For every seed: train the dense MLP once (SGD, cross-entropy, optional weight decay); then for
+every density, strategy and criterion: plan the per-layer keep-counts, prune a copy of the dense
+model within each layer by the criterion (``apply_plan``: magnitude, gradient, undecayed or
+random), fine-tune it with the masks held fixed (the torch prune hook keeps ``weight =
+weight_orig * weight_mask``), finalize, and measure test accuracy, per-class recall, the recall
+distortion against the dense model and the SVCCA of every hidden layer against it
+(:mod:`planner.experiments.distortion`). The output layer stays dense under every strategy, as
+in the paper.
 
 Strategies: ``lr-bound`` (the planner, default tie-break ``robust``), ``lr-bound:<tie-break>``
 (``robust``, ``robust-analytic``, ``prior:uniform``, ``prior:erk``, ``none``), any of those with
@@ -18,7 +21,8 @@ Determinism: the same arguments give the same rows. The model's initial weights 
 ``torch.manual_seed(seed)``; every pass over the data draws its order from its own generator:
 the dense training from one seeded by ``seed``, every fine-tuning run from one seeded by
 ``seed`` alone, so all strategies and densities of a seed see the same batches (a paired
-comparison) and a row does not depend on which other strategies or densities were run.
+comparison) and a row does not depend on which other strategies, densities or criteria were
+run; the random criterion's scores come from a third generator seeded by ``seed``.
 """
 
 from __future__ import annotations
@@ -35,10 +39,18 @@ import numpy as np
 from planner.errors import PlannerError
 
 from planner.experiments import DEFAULT_DENSITIES, DEFAULT_STRATEGIES
+from planner.experiments.distortion import SVCCA_VARIANCE
 
 REFERENCE = "lr-bound"
-RESULT_FIELDS = ("strategy", "density", "seed", "accuracy", "accuracy_pruned", "dense_accuracy", "log2_bound",
-                 "kept", "densities", "plan_densities", "per_class_recall")
+RESULT_FIELDS = ("strategy", "density", "seed", "criterion", "accuracy", "accuracy_pruned", "dense_accuracy",
+                 "log2_bound", "kept", "pruning_ratio", "densities", "plan_densities", "per_class_recall",
+                 "normalized_balance", "intensification_ratio", "intensification_slope",
+                 "intensification_slope_pruned", "svcca")
+
+#: the within-layer criteria of compare (planner.pruning.masks); gradient and undecayed are scored
+#: on the training set, undecayed with eps = the run's weight decay
+COMPARE_CRITERIA = ("magnitude", "gradient", "undecayed", "random")
+DEFAULT_CRITERIA = ("magnitude",)
 
 
 class ExperimentError(PlannerError, ValueError):
@@ -114,6 +126,21 @@ def parse_strategies(strategies: str | Iterable[str]) -> list[str]:
             out.append(s)
     if not out:
         raise ExperimentError("give at least one strategy")
+    return out
+
+
+def parse_criteria(criteria: str | Iterable[str]) -> list[str]:
+    """The within-layer criteria of a comparison, in the given order, duplicates dropped."""
+    items = criteria.split(",") if isinstance(criteria, str) else list(criteria)
+    out = []
+    for c in items:
+        c = str(c).strip()
+        if c not in COMPARE_CRITERIA:
+            raise ExperimentError(f"unknown criterion {c!r}; choose from {', '.join(COMPARE_CRITERIA)}")
+        if c not in out:
+            out.append(c)
+    if not out:
+        raise ExperimentError("give at least one criterion")
     return out
 
 
@@ -270,10 +297,18 @@ def compare(
     n_jobs: int | None = None,
     address: str | None = None,
     resume_dir=None,
+    criteria: str | Sequence[str] = DEFAULT_CRITERIA,
+    weight_decay: float = 0.0,
 ) -> Comparison:
-    """Train, prune by every strategy at every density, fine-tune, measure: one row per
-    (strategy, density, seed) with ``accuracy``, ``log2_bound``, realized per-layer
-    ``densities``, ``per_class_recall`` and ``kept``. ``seeds`` is a count N (seeds 0..N-1) or a
+    """Train, prune by every strategy at every density and criterion, fine-tune, measure: one row
+    per (seed, density, strategy, criterion) with ``accuracy``, ``log2_bound``, realized per-layer
+    ``densities``, ``per_class_recall``, ``kept``, the recall distortion against the same seed's
+    dense model (``normalized_balance``, ``intensification_ratio`` per class,
+    ``intensification_slope`` alpha_t; :mod:`planner.experiments.distortion`), and ``svcca``
+    (per hidden layer, dense vs pruned on the test set). ``criteria``: which weights a layer
+    keeps (:data:`COMPARE_CRITERIA`; ``gradient`` and ``undecayed`` scored on the training set);
+    ``weight_decay``: SGD weight decay of the dense training and the fine-tuning, and the eps of
+    ``undecayed``. ``seeds`` is a count N (seeds 0..N-1) or a
     list; :func:`planner.experiments.report.write_outputs` writes the files of ``--out``.
     ``data`` (X_train, y_train, X_test, y_test) replaces loading ``dataset``. ``threads`` is torch's intra-op thread count during the run
     (restored afterwards; ``None`` leaves it): the layers are so small that one thread is
@@ -299,14 +334,14 @@ def compare(
                         finetune_epochs=finetune_epochs, lr=lr, batch_size=batch_size, momentum=momentum,
                         data_dir=data_dir, rank_model=rank_model, progress=progress, cache=cache,
                         workers=workers, data=data, threads=threads, executor=executor, n_jobs=n_jobs,
-                        address=address, resume_dir=resume_dir)
+                        address=address, resume_dir=resume_dir, criteria=criteria, weight_decay=weight_decay)
     finally:
         torch.set_num_threads(saved_threads)
 
 
 def _compare(dataset, arch, densities, strategies, seeds, *, epochs, finetune_epochs, lr, batch_size, momentum,
              data_dir, rank_model, progress, cache, workers, data, threads, executor, n_jobs, address,
-             resume_dir) -> Comparison:
+             resume_dir, criteria=DEFAULT_CRITERIA, weight_decay=0.0) -> Comparison:
     import torch
 
     from planner.core.arch import Architecture
@@ -316,6 +351,7 @@ def _compare(dataset, arch, densities, strategies, seeds, *, epochs, finetune_ep
 
     net = Architecture.parse(arch) if isinstance(arch, str) else arch
     strategies = parse_strategies(strategies)
+    criteria = parse_criteria(criteria)
     densities = _check_densities(densities)
     seeds = _check_seeds(seeds)
     key = str(dataset).strip().lower()
@@ -339,6 +375,9 @@ def _compare(dataset, arch, densities, strategies, seeds, *, epochs, finetune_ep
         raise ExperimentError(f"the learning rate must be a positive number, got {lr!r}")
     if not (isinstance(momentum, (int, float)) and 0 <= momentum < 1):
         raise ExperimentError(f"momentum must be in [0, 1), got {momentum!r}")
+    if isinstance(weight_decay, bool) or not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay)
+                                              and weight_decay >= 0):
+        raise ExperimentError(f"the weight decay must be a finite number >= 0, got {weight_decay!r}")
     if executor not in EXECUTORS:
         raise ExperimentError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
 
@@ -356,24 +395,26 @@ def _compare(dataset, arch, densities, strategies, seeds, *, epochs, finetune_ep
         "dataset": key, "arch": list(net.sizes), "layers": layer_names, "densities": densities,
         "strategies": strategies, "seeds": seeds, "epochs": int(epochs), "finetune_epochs": int(finetune_epochs),
         "lr": float(lr), "batch_size": int(batch_size), "momentum": float(momentum), "optimizer": "SGD",
-        "criterion": "magnitude", "output_layer": "dense", "rank_model": rank_model,
+        "criterion": ",".join(criteria), "criteria": criteria, "weight_decay": float(weight_decay),
+        "svcca_variance": SVCCA_VARIANCE, "output_layer": "dense", "rank_model": rank_model,
         "train_size": int(len(X_tr)), "test_size": int(len(X_te)), "torch": torch.__version__,
     }
     # what every job's result depends on besides its own seed, strategy and density: a store
     # holding jobs of other settings is refused (meta), and each job is keyed by all of it
     fixed = {"command": "compare", "data": shared["fingerprint"], "dataset": key, "arch": list(net.sizes),
              "epochs": int(epochs), "finetune_epochs": int(finetune_epochs), "lr": float(lr),
-             "batch_size": int(batch_size), "momentum": float(momentum), "rank_model": rank_model,
-             "threads": threads, "torch": torch.__version__}
+             "batch_size": int(batch_size), "momentum": float(momentum), "weight_decay": float(weight_decay),
+             "rank_model": rank_model, "threads": threads, "torch": torch.__version__}
     store = ResultStore(resume_dir, fixed) if resume_dir is not None else None
     dense_jobs = [Job(_dense_job, (dict(fixed, seed=seed),), spec=dict(fixed, job="dense", seed=seed),
                       label=f"seed {seed}: dense training") for seed in seeds]
-    pruned_specs = [dict(fixed, job="pruned", seed=seed, density=density, strategy=strategy)
-                    for seed in seeds for density in densities for strategy in strategies]
+    pruned_specs = [dict(fixed, job="pruned", seed=seed, density=density, strategy=strategy, criterion=criterion)
+                    for seed in seeds for density in densities for strategy in strategies for criterion in criteria]
 
     def pruned_job(spec, trained=None) -> Job:
         return Job(_pruned_job, (spec, trained), spec=spec,
-                   label=f"seed {spec['seed']}: {spec['strategy']} at {spec['density']:g}")
+                   label=f"seed {spec['seed']}: {spec['strategy']} at {spec['density']:g}"
+                         + ("" if spec["criterion"] == "magnitude" else f" ({spec['criterion']})"))
 
     every = dense_jobs + [pruned_job(spec) for spec in pruned_specs]  # the keys do not depend on `trained`
     reused = sum(store.load(job)[0] for job in every) if store is not None else 0
@@ -382,10 +423,11 @@ def _compare(dataset, arch, densities, strategies, seeds, *, epochs, finetune_ep
             Executor(executor, n_jobs, address, shared) as runner:
         dense = runner.run(dense_jobs, store=store, on_result=bar.result)
         trained = {d["seed"]: d for d in dense}
+        reference = _dense_reference(dense, spec=fixed, X_test=arrays[2])
         rows = runner.run([pruned_job(spec, trained[spec["seed"]]) for spec in pruned_specs], store=store,
                           on_result=bar.result)
-    dense_rows = [{"seed": d["seed"], "accuracy": d["accuracy"], "per_class_recall": d["per_class_recall"]}
-                  for d in dense]
+    dense_rows = [{"seed": d["seed"], "accuracy": d["accuracy"], "per_class_recall": d["per_class_recall"],
+                   **reference[d["seed"]]} for d in dense]
     return Comparison(rows, dense_rows, config, time.perf_counter() - started)
 
 
@@ -420,10 +462,13 @@ def _tensors(shared):
 
 
 class _Threads:
-    """torch's intra-op thread count for the duration of a job (``None``: leave it)."""
+    """torch's intra-op thread count for the duration of a job (``None``: leave it), and the
+    BLAS's of numpy / scipy (SVCCA's SVDs) through threadpoolctl where it is installed (it comes
+    with scikit-learn): on a busy two-core machine a 450x100 SVD took 0.2 s with OpenBLAS's two
+    threads and 9 ms with one."""
 
     def __init__(self, threads):
-        self.threads, self.saved = threads, None
+        self.threads, self.saved, self.blas = threads, None, None
 
     def __enter__(self):
         import torch
@@ -431,11 +476,20 @@ class _Threads:
         self.saved = torch.get_num_threads()
         if self.threads is not None:
             torch.set_num_threads(self.threads)
+            try:
+                from threadpoolctl import threadpool_limits
+            except ImportError:
+                pass
+            else:
+                self.blas = threadpool_limits(limits=self.threads, user_api="blas")
 
     def __exit__(self, *exc):
         import torch
 
         torch.set_num_threads(self.saved)
+        if self.blas is not None:
+            self.blas.restore_original_limits()
+            self.blas = None
 
 
 def _check_torch(spec) -> None:
@@ -475,15 +529,49 @@ def _dense_job(shared, spec) -> dict:
     with _Threads(spec["threads"]):
         model = make_mlp(spec["arch"], seed)
         train(model, X_tr, y_tr, epochs=spec["epochs"], lr=spec["lr"], batch_size=spec["batch_size"],
-              momentum=spec["momentum"], generator=torch.Generator().manual_seed(_stream(seed, 0)))
+              momentum=spec["momentum"], weight_decay=spec["weight_decay"],
+              generator=torch.Generator().manual_seed(_stream(seed, 0)))
         acc, recall = evaluate(model, X_te, y_te, spec["arch"][-1])
     return {"seed": seed, "accuracy": acc, "per_class_recall": recall, "state": _encode_state(model)}
 
 
-def _pruned_job(shared, spec, dense) -> dict:
-    """Plan one strategy at one density, prune the seed's dense model, fine-tune, measure: a row."""
+def _dense_model(spec, dense):
+    """The trained dense model of a :func:`_dense_job` result."""
+    from planner.experiments.training import make_mlp
+
+    model = make_mlp(spec["arch"], dense["seed"])
+    model.load_state_dict(_decode_state(dense["state"]))
+    return model
+
+
+def _dense_reference(dense, *, spec, X_test) -> dict:
+    """{seed: {"reference_seed", "svcca_reference"}}: SVCCA of every hidden layer between the dense
+    model of a seed and that of the next seed of the run (the last with the first), the level
+    two equally good, independently trained networks reach; None with a single seed."""
     import torch
 
+    if len(dense) < 2:
+        return {d["seed"]: {"reference_seed": None, "svcca_reference": None} for d in dense}
+    from planner.experiments.distortion import layer_svcca
+
+    X = torch.as_tensor(np.array(X_test), dtype=torch.float32)
+    with _Threads(spec["threads"]):
+        models = [_dense_model(spec, d) for d in dense]
+        out = {}
+        for i, d in enumerate(dense):
+            j = (i + 1) % len(dense)
+            out[d["seed"]] = {"reference_seed": dense[j]["seed"],
+                              "svcca_reference": layer_svcca(models[i], models[j], X)}
+    return out
+
+
+def _pruned_job(shared, spec, dense) -> dict:
+    """Plan one strategy at one density, prune the seed's dense model by one criterion,
+    fine-tune, measure: a row."""
+    import torch
+
+    from planner.experiments.distortion import (hidden_activations, intensification_ratios,
+                                                intensification_slope, normalized_balance, svcca)
     from planner.allocation.request import layers_from_arch
     from planner.core.arch import Architecture
     from planner.experiments.training import evaluate, make_mlp, train
@@ -493,6 +581,7 @@ def _pruned_job(shared, spec, dense) -> dict:
     _check_torch(spec)
     X_tr, y_tr, X_te, y_te = _tensors(shared)
     seed, density, strategy, n_classes = spec["seed"], spec["density"], spec["strategy"], spec["arch"][-1]
+    criterion, eps = spec["criterion"], spec["weight_decay"]
     net = Architecture.parse(",".join(map(str, spec["arch"])))
     with _Threads(spec["threads"]):
         model = make_mlp(spec["arch"], seed)
@@ -501,23 +590,35 @@ def _pruned_job(shared, spec, dense) -> dict:
         p = strategy_plan(strategy, net, density, seed=seed, rank_model=spec["rank_model"], weights=weights,
                           cache=shared["cache"], workers=shared["workers"], model=model,
                           calibration=(X_tr, y_tr))
-        apply_plan(model, p, criterion="magnitude")
-        pruned_acc, _ = evaluate(model, X_te, y_te, n_classes)
+        dense_acts = hidden_activations(model, X_te)
+        apply_plan(model, p, criterion=criterion, calibration=X_tr, labels=y_tr, weight_decay=eps,
+                   generator=torch.Generator().manual_seed(_stream(seed, 2)))
+        pruned_acc, pruned_recall = evaluate(model, X_te, y_te, n_classes)
         train(model, X_tr, y_tr, epochs=spec["finetune_epochs"], lr=spec["lr"], batch_size=spec["batch_size"],
-              momentum=spec["momentum"], generator=torch.Generator().manual_seed(_stream(seed, 1)))
+              momentum=spec["momentum"], weight_decay=eps,
+              generator=torch.Generator().manual_seed(_stream(seed, 1)))
         realized, kept = _realized(model, p)
         finalize(model)
         acc, recall = evaluate(model, X_te, y_te, n_classes)
+        similarity = [svcca(a, b) for a, b in zip(dense_acts, hidden_activations(model, X_te))]
+    prunable = sum(layer.size for layer in p.layers if not layer.frozen)
+    dense_recall, dense_acc = dense["per_class_recall"], dense["accuracy"]
     return {
-        "strategy": strategy, "density": density, "seed": seed, "accuracy": acc,
-        "accuracy_pruned": pruned_acc, "dense_accuracy": dense["accuracy"],
-        "log2_bound": p.log2_bound, "kept": kept, "densities": realized,
-        "plan_densities": [layer.density for layer in p.layers], "per_class_recall": recall,
+        "strategy": strategy, "density": density, "seed": seed, "criterion": criterion, "accuracy": acc,
+        "accuracy_pruned": pruned_acc, "dense_accuracy": dense_acc,
+        "log2_bound": p.log2_bound, "kept": kept, "pruning_ratio": prunable / kept if kept else None,
+        "densities": realized, "plan_densities": [layer.density for layer in p.layers], "per_class_recall": recall,
+        "normalized_balance": normalized_balance(recall, acc) if acc > 0 else None,
+        "intensification_ratio": intensification_ratios(dense_recall, dense_acc, recall, acc) if acc > 0 else None,
+        "intensification_slope": intensification_slope(dense_recall, dense_acc, recall, acc),
+        "intensification_slope_pruned": intensification_slope(dense_recall, dense_acc, pruned_recall, pruned_acc),
+        "svcca": similarity,
     }
 
 
 def _stream(seed: int, stream: int) -> int:
-    """Seed of one data-order stream of a seed (0: dense training, 1: fine-tuning)."""
+    """Seed of one random stream of a seed (0: dense training's data order, 1: fine-tuning's,
+    2: the random criterion's scores)."""
     return (int(seed) << 4) | stream
 
 

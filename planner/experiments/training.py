@@ -44,13 +44,14 @@ def make_mlp(sizes: Sequence[int], seed: int | None = None):
 
 
 def train(model, X, y, *, epochs: int, lr: float, batch_size: int, generator, momentum: float = 0.0,
-          on_epoch: Callable[[int], None] | None = None) -> None:
-    """Minibatch SGD on cross-entropy; each epoch's order is a permutation from ``generator``."""
+          weight_decay: float = 0.0, on_epoch: Callable[[int], None] | None = None) -> None:
+    """Minibatch SGD on cross-entropy (``weight_decay``: SGD's L2 penalty on every parameter);
+    each epoch's order is a permutation from ``generator``."""
     import torch
 
     if epochs <= 0:
         return
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     loss_fn = torch.nn.CrossEntropyLoss()
     n = len(X)
     model.train()

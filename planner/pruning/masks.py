@@ -13,7 +13,10 @@ from planner.errors import ModelError, PlanMismatchError, PlannerError
 from planner.allocation.planfile import Plan
 from planner.pruning.names import split_weight_name
 
-CRITERIA = ("magnitude", "random", "elimination-compensation")
+CRITERIA = ("magnitude", "random", "elimination-compensation", "gradient", "undecayed")
+
+#: criteria scored from the loss gradient on a calibration batch and its labels (planner.pruning.saliency)
+DATA_CRITERIA = ("gradient", "undecayed")
 
 #: structured criteria (each a mask pattern with its own options): name -> "module:function"
 #: taking ((plan layer, module) pairs, options) and returning ({name: mask}, report notes)
@@ -122,7 +125,16 @@ def top_k_mask(scores, keep: int, *, absolute: bool = False):
     return torch.from_numpy(mask.reshape(shape))
 
 
-def _statistics(model, pairs, criterion, calibration):
+def _statistics(model, pairs, criterion, calibration, labels=None, weight_decay=0.0):
+    if criterion in DATA_CRITERIA:
+        from planner.pruning.saliency import saliency_scores
+
+        if calibration is None or labels is None:
+            raise PlannerError(f"criterion {criterion} needs a calibration batch and its labels "
+                               "(--calibration X.npy --labels y.npy, or --dataset NAME)")
+        scores = saliency_scores(criterion, {layer.name: weight_of(module, layer.name) for layer, module in pairs},
+                                 calibration, labels, model, weight_decay)
+        return {name: {"importance": score} for name, score in scores.items()}
     if criterion != "elimination-compensation":
         return {}
     if calibration is None:
@@ -192,9 +204,11 @@ def _layer_criterion(layer) -> str:
 
 
 def compute_masks(model, plan: Plan, criterion: str = "magnitude", *, calibration=None, generator=None,
-                  _stats=None, options=None):
+                  _stats=None, options=None, labels=None, weight_decay: float = 0.0):
     """{layer name: bool mask} for every non-frozen layer of ``plan``; touches nothing.
-    ``options`` holds a structured criterion's settings (:data:`STRUCTURED`)."""
+    ``options`` holds a structured criterion's settings (:data:`STRUCTURED`); ``gradient`` and
+    ``undecayed`` need ``calibration`` inputs and their ``labels`` (``weight_decay``: the eps
+    of ``undecayed``)."""
     import torch
 
     if criterion not in CRITERIA:
@@ -204,7 +218,7 @@ def compute_masks(model, plan: Plan, criterion: str = "magnitude", *, calibratio
         return _pattern_masks(pairs)
     if criterion in STRUCTURED:
         return _structured_masks(pairs, criterion, options)
-    stats = _statistics(model, pairs, criterion, calibration) if _stats is None else _stats
+    stats = _statistics(model, pairs, criterion, calibration, labels, weight_decay) if _stats is None else _stats
     masks = {}
     with torch.no_grad():
         for layer, module in pairs:
@@ -219,13 +233,16 @@ def compute_masks(model, plan: Plan, criterion: str = "magnitude", *, calibratio
 
 
 def apply_plan(model, plan: Plan, criterion: str = "magnitude", calibration=None, rescale: bool = False,
-               generator=None, options=None) -> ApplyReport:
+               generator=None, options=None, labels=None, weight_decay: float = 0.0) -> ApplyReport:
     """Prune ``model`` in place to ``plan`` with ``torch.nn.utils.prune.custom_from_mask``.
 
     ``criterion`` picks the kept weights within a layer: ``magnitude`` (largest |w|, default),
     ``random`` (``generator`` seeds it) or ``elimination-compensation`` (seed 001: importance
     with the optimal bias shift, which is then added to the bias; needs ``calibration``, a
-    batch of model inputs; layers other than Linear fall back to magnitude). ``rescale``
+    batch of model inputs; layers other than Linear fall back to magnitude), ``gradient``
+    (largest ``|w * dL/dw|``) or ``undecayed`` (largest ``|-w * dL/dw + weight_decay * w^2|``,
+    Good et al. 2022), both with ``L`` the cross-entropy on ``calibration`` and ``labels``
+    (:mod:`planner.pruning.saliency`). ``rescale``
     multiplies the surviving weights by 1/sqrt(density) (seed 002, for random pruning at
     initialization). Structured criteria (:data:`STRUCTURED`: ``bcr`` with
     ``options={"block": "16x16", "keep_rows": f, "keep_cols": f}``, ``nm`` with
@@ -255,7 +272,7 @@ def apply_plan(model, plan: Plan, criterion: str = "magnitude", calibration=None
     elif criterion in STRUCTURED:
         stats, masks = {}, _structured_masks(pairs, criterion, options, report.notes)
     else:
-        stats = _statistics(model, pairs, criterion, calibration)
+        stats = _statistics(model, pairs, criterion, calibration, labels, weight_decay)
         masks = compute_masks(model, plan, criterion, generator=generator, _stats=stats)
     shifts = {}
     if criterion == "elimination-compensation":

@@ -201,7 +201,10 @@ def allocate(target: Target, built: Built, *, cache: RankCache | None = None, wo
                  list(zip(target.extra_costs(), target.extra_left())), target.max_keep)
     kscorer = keep_scorer(target, cache)
     message = result.message if result.status.value == "FEASIBLE" else ""
-    if r.integer != "off" and r.rank_model != "svd":
+    # with convolutions in the chain every new keep-count costs a fresh distribution of a large
+    # operator (the VGG-11 plan spent 100 of its 120 s there): "auto" keeps the grid plan
+    convs = any(w.conv is not None for w in chain)
+    if r.rank_model != "svd" and (r.integer == "local" or (r.integer == "auto" and not convs)):
         keeps, _, stopped = local_search(integer_space(target), kscorer, keeps, workers=workers, progress=progress)
         if stopped:
             message = "; ".join(m for m in (message, f"integer search stopped after {LOCAL_MAX_EVALUATIONS} plans")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from planner.cli.common import make_cache, parse_densities, print_json, progress_bars, rank_options, table, with_options
+from planner.cli.common import (load_model, make_cache, model_options, parse_densities, parse_shape, print_json,
+                                progress_bars, rank_options, table, with_options)
 
 
 def layer_label(n_layers: int):
@@ -12,20 +13,32 @@ def layer_label(n_layers: int):
 
 
 @click.command(name="bound")
-@click.option("--arch", required=True, help="Sizes input,hidden...,output (e.g. 784,300,100,10) or a preset.")
-@click.option("--density", default=None, help="Kept fraction p of every hidden layer, or one per hidden layer.")
+@click.option("--arch", default=None, help="Sizes input,hidden...,output (e.g. 784,300,100,10) or a preset.")
+@with_options(model_options)
+@click.option("--density", default=None, help="Kept fraction p of every hidden layer, or one per hidden layer "
+              "(with --model: one per layer of the bound's chain).")
 @click.option("--sweep", default=None, help="Comma list of densities: print the bound at each (all layers alike).")
 @with_options(rank_options)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def bound_command(arch, density, sweep, rank_model, input_dim, seed, cache_dir, no_cache, as_json):
-    """Expected upper bound on the linear regions of a pruned MLP (Theorem 1)."""
+def bound_command(arch, model_spec, weights, input_shape, density, sweep, rank_model, input_dim, seed, cache_dir,
+                  no_cache, as_json):
+    """Expected upper bound on the linear regions of a pruned MLP or CNN (Theorem 1; convolutions
+    through their weighted-cover rank bound, docs/theory.md section 7)."""
     from planner.core.arch import Architecture
     from planner.core.bound import expected_bound
 
-    net = Architecture.parse(arch)
+    if (arch is None) == (model_spec is None):
+        raise click.UsageError("give exactly one of --arch and --model")
     if (density is None) == (sweep is None):
         raise click.UsageError("give exactly one of --density and --sweep")
     cache = make_cache(cache_dir, no_cache)
+    if model_spec is not None:
+        if sweep is not None:
+            raise click.UsageError("--sweep works with --arch; with --model give --density")
+        return _model_bound(model_spec, weights, input_shape, density, rank_model, input_dim, seed, cache, as_json)
+    if weights is not None or input_shape is not None:
+        raise click.UsageError("--weights and --input-shape go with --model")
+    net = Architecture.parse(arch)
     if sweep is not None:
         points = parse_densities(sweep, "--sweep")
         results = []
@@ -66,3 +79,60 @@ def bound_command(arch, density, sweep, rank_model, input_dim, seed, cache_dir, 
              f"{layer.distribution.kmin}..{layer.distribution.kmax}"] for layer in report.layers])
     click.echo(f"log2 bound        {report.log2_bound:.4f}")
     click.echo(f"dense log2 bound  {report.dense_log2_bound:.4f}")
+
+
+def _model_bound(model_spec, weights, input_shape, density, rank_model, input_dim, seed, cache, as_json):
+    """The bound of a model's ReLU chain (Linear and Conv2d layers) at the given densities."""
+    from planner.core.bound import chain_bound
+    from planner.errors import DensityError, InputDimError, ModelError
+    from planner.pruning.model import model_layers
+
+    model = load_model(model_spec, weights)
+    shape = parse_shape(input_shape)
+    found = model_layers(model, shape)
+    chain = [w for w in found.layers if w.in_bound]
+    if not chain:
+        reasons = "; ".join(f"{w.name}: {w.why}" for w in found.layers[:3] if w.why)
+        raise ModelError(f"the model has no ReLU chain the bound covers ({reasons})")
+    densities = parse_densities(density)
+    if len(densities) == 1:
+        densities = densities * len(chain)
+    if len(densities) != len(chain):
+        raise DensityError(f"got {len(densities)} densities for the {len(chain)} layers of the bound's chain "
+                           f"({', '.join(w.name for w in chain)}): give one value or one per layer")
+    n0 = found.input_size
+    d0 = n0 if input_dim is None else input_dim
+    if not 1 <= d0 <= n0:
+        raise InputDimError(f"input dimension d0 must be between 1 and the chain's input size {n0}, got {d0}")
+    with progress_bars(not as_json, label=layer_label(len(chain))) as progress:
+        bits, dense, dists = chain_bound([w.geometry for w in chain], densities, d0, rank_model=rank_model,
+                                         seed=seed, cache=cache,
+                                         progress=None if progress is None else (lambda i: progress(i, 0, 1)))
+    by_name = {w.name: (p, d) for w, p, d in zip(chain, densities, dists)}
+    rows = []
+    for w in found.layers:
+        entry = {"name": w.name, "kind": "conv" if w.conv is not None else "linear", "rows": w.rows,
+                 "cols": w.cols, "in_bound": w.in_bound}
+        if w.in_bound:
+            p, d = by_name[w.name]
+            g = w.geometry
+            entry.update(units=g.units, hyperplanes=g.hyperplanes, pass_cap=g.cap, density=p,
+                         expected_rank=d.expected_rank, rank_support=[d.kmin, d.kmax], rank_samples=d.samples)
+            if w.conv is not None:
+                entry["geometry"] = w.conv.describe()
+        else:
+            entry["why"] = w.why or None
+        rows.append(entry)
+    if as_json:
+        print_json({"model": model_spec, "input_shape": None if shape is None else list(shape), "input_dim": d0,
+                    "input_size": n0, "rank_model": rank_model, "seed": seed, "log2_bound": bits,
+                    "dense_log2_bound": dense, "layers": rows, "notes": list(found.notes)})
+        return
+    click.echo(f"model {model_spec}  rank model {rank_model} (seed {seed})  d0 = {d0}")
+    table(None, [("layer", "left"), ("shape", "right"), ("units", "right"), ("density", "right"),
+                 ("expected rank", "right"), ("in bound", "left")],
+          [[r["name"], f"{r['rows']}x{r['cols']}", str(r.get("units", "")),
+            f"{r['density']:g}" if r["in_bound"] else "", f"{r['expected_rank']:.2f}" if r["in_bound"] else "",
+            "yes" if r["in_bound"] else f"no: {r['why']}"] for r in rows])
+    click.echo(f"log2 bound        {bits:.4f}")
+    click.echo(f"dense log2 bound  {dense:.4f}")

@@ -78,9 +78,16 @@ def _log_r(dist: RankDistribution, log_f: np.ndarray, d_max: int) -> np.ndarray:
     tail = np.full(m_top + 1, _NEG_INF)  # ln P(K >= d)
     if kmin <= m_top:
         log_p[kmin:] = lp[: m_top - kmin + 1]
-    rev_tail = np.logaddexp.accumulate(lp[::-1])[::-1]  # ln P(K >= kmin + i)
+    # ln P(K >= kmin + i), needed for kmin + i <= m_top only: the ranks above m_top enter as one
+    # total (a convolution's support can lie far above the dimension that reaches it)
+    n_head = min(len(lp), max(m_top - kmin + 1, 1))
+    if n_head < len(lp):
+        rest = np.logaddexp.reduce(lp[n_head:])
+        rev_tail = np.logaddexp.accumulate(np.concatenate([[rest], lp[:n_head][::-1]]))[1:][::-1]
+    else:
+        rev_tail = np.logaddexp.accumulate(lp[::-1])[::-1]
     d = np.arange(m_top + 1)
-    tail = rev_tail[np.clip(d - kmin, 0, len(lp) - 1)]
+    tail = rev_tail[np.clip(d - kmin, 0, len(rev_tail) - 1)]
     # for d below kmin, P(K >= d) = 1 exactly
     tail[d <= kmin] = 0.0
     pre = np.logaddexp.accumulate(log_p + log_f[: m_top + 1])  # ln sum_{k <= t} P(k) F(k)
@@ -261,3 +268,24 @@ def expected_bound(
         layers.append(LayerBound(name, rows, cols, p, dist.expected_rank, dist))
     value = log2_bound(arch.hidden, [layer.distribution for layer in layers], d0)
     return BoundReport(arch, layers, value, dense_log2_bound(arch.sizes[:-1], d0), d0, rank_model, seed)
+
+
+def chain_bound(geometries, densities, input_dim: int, *, rank_model: str = "sampled", seed: int = 0,
+                cache=None, progress=None):
+    """The expected log2 bound of a chain of layers given as geometries (planner.core.conv:
+    MatrixShape for Linear, ConvShape for Conv2d) at one density per layer. Returns
+    ``(log2_bound, dense_log2_bound, distributions)``. ``progress(i)`` is called as layer i
+    starts."""
+    from planner.core.conv import as_geometry, layer_distribution
+
+    geoms = [as_geometry(g) for g in geometries]
+    if len(densities) != len(geoms):
+        raise PlannerError(f"need one density per layer of the chain ({len(geoms)}), got {len(densities)}")
+    dists = []
+    for i, (g, p) in enumerate(zip(geoms, densities)):
+        if progress is not None:
+            progress(i)
+        dists.append(layer_distribution(g, p, rank_model, seed=seed, cache=cache))
+    widths, caps = [g.hyperplanes for g in geoms], [g.cap for g in geoms]
+    dense = [layer_distribution(g, 1.0, rank_model, seed=seed, cache=cache) for g in geoms]
+    return (log2_bound(widths, dists, input_dim, caps), log2_bound(widths, dense, input_dim, caps), dists)

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -155,20 +156,34 @@ class ConvShape:
         """The dimension the layer can pass on at most beyond min(n - j, d, k): the pooled units."""
         return None if self.pool is None else self.pool.units
 
-    def effective_taps(self) -> int:
-        """Taps of a kernel that read at least one input position from some output position."""
-        count = 1
+    @cached_property
+    def _tap_mask(self) -> np.ndarray:
+        mask = self._compute_tap_mask()
+        mask.setflags(write=False)
+        return mask
+
+    def effective_tap_mask(self) -> np.ndarray:
+        return self._tap_mask
+
+    def _compute_tap_mask(self) -> np.ndarray:
+        """kh x kw booleans: the taps that read at least one input position from some output
+        position (the others multiply padding only)."""
+        axes = []
         for axis in (0, 1):
             k, n_in, n_out = self.kernel[axis], self.in_hw[axis], self.out_hw[axis]
             s, pad, dil = self.stride[axis], self.padding[axis], self.dilation[axis]
-            used = 0
-            for u in range(k):
-                pos = np.arange(n_out) * s - pad + u * dil
-                used += bool(((pos >= 0) & (pos < n_in)).any())
-            count *= used
-        return count
+            pos = np.arange(n_out)[None, :] * s - pad + np.arange(k)[:, None] * dil
+            axes.append(((pos >= 0) & (pos < n_in)).any(axis=1))
+        return axes[0][:, None] & axes[1][None, :]
+
+    def effective_taps(self) -> int:
+        return int(self.effective_tap_mask().sum())
 
     def key(self) -> str:
+        return self._key
+
+    @cached_property
+    def _key(self) -> str:
         pool = "" if self.pool is None else f"|pool{self.pool.window}x{self.pool.units}"
         return (f"conv|{self.c_in}>{self.c_out}|k{self.kernel}|in{self.in_hw}|out{self.out_hw}|s{self.stride}"
                 f"|p{self.padding}|d{self.dilation}|g{self.groups}{pool}")
@@ -251,6 +266,16 @@ def covers_by_enumeration(edges: np.ndarray, a: int, b: int) -> np.ndarray:
     size_b = np.array([bin(x).count("1") for x in range(1 << n_in)], dtype=np.int64)
     need_a = ((bits[:, :, None] & outside[None, None, :]) != 0).sum(axis=1)  # batch x subsets
     return (b * size_b[None, :] + a * need_a).min(axis=1)
+
+
+def mask_cover(shape: ConvShape, mask: np.ndarray) -> int:
+    """The weighted-cover rank bound of one kernel mask (c_out, c_in / groups, kh, kw)."""
+    cin_g, cout_g = shape.c_in // shape.groups, shape.c_out // shape.groups
+    live = (np.asarray(mask, dtype=bool) & shape.effective_tap_mask()[None, None]).any(axis=(2, 3))
+    edges = np.zeros((shape.c_out, shape.c_in), dtype=bool)
+    for g in range(shape.groups):
+        edges[g * cout_g:(g + 1) * cout_g, g * cin_g:(g + 1) * cin_g] = live[g * cout_g:(g + 1) * cout_g]
+    return min_weighted_cover(edges, shape.out_positions, shape.in_positions)
 
 
 def _group_covers(shape: ConvShape, q: float, rng: np.random.Generator, count: int) -> np.ndarray:

@@ -157,3 +157,112 @@ def test_sampled_distributions_are_deterministic_and_seeded():
     one = conv_rank_distribution(shape, 0.2, "sampled", seed=5, cache=RankCache(disk=False))
     two = conv_rank_distribution(shape, 0.2, "sampled", seed=5, cache=RankCache(disk=False))
     assert json.dumps(one.probs.tolist()) == json.dumps(two.probs.tolist()) and one.kmin == two.kmin
+
+
+class TinyCNN(torch.nn.Module):
+    def __init__(self, stride, padding, seed):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.c1 = torch.nn.Conv2d(1, 2, 3, stride=stride, padding=padding)
+        self.c2 = torch.nn.Conv2d(2, 2, 3, padding=1)
+        side = (6 + 2 * padding - 3) // stride + 1
+        self.out = torch.nn.Linear(2 * side * side, 3)
+
+    def forward(self, x):
+        return self.out(torch.flatten(torch.relu(self.c2(torch.relu(self.c1(x)))), 1))
+
+
+@pytest.mark.parametrize("stride,padding", [(1, 0), (1, 1), (2, 1)])
+def test_region_counts_of_tiny_cnns_never_exceed_the_bound(stride, padding):
+    """Exact counts (walk on segments, MILP on triangles) of randomly pruned tiny CNNs, against
+    the bound with d0 = S and each layer's rank bounded by its mask's weighted cover."""
+    from planner.core.rank import RankDistribution
+    from planner.experiments.regions import count_regions
+    from planner.pruning.model import model_layers
+
+    rng = np.random.default_rng(stride * 10 + padding)
+    for trial in range(2):
+        model = TinyCNN(stride, padding, trial)
+        found = model_layers(model, (1, 6, 6))
+        chain = [w for w in found.layers if w.in_bound]
+        assert [w.name for w in chain] == ["c1", "c2"]
+        ranks = []
+        with torch.no_grad():
+            for w in chain:
+                conv = getattr(model, w.name)
+                mask = rng.random(conv.weight.shape) < 0.5
+                conv.weight.mul_(torch.as_tensor(mask, dtype=conv.weight.dtype))
+                ranks.append(mask_cover(w.conv, mask))
+        widths = [w.conv.units for w in chain]
+        # triangles on the smallest net only: the MILP enumeration grows fast with the units
+        for s in ((1, 2) if stride == 2 else (1,)):
+            points = rng.standard_normal((s + 1, 1, 6, 6)) * 3
+            result = count_regions(model, points, time_limit=120)
+            assert result.complete and result.widths == tuple(widths)
+            dists = [RankDistribution.point_mass(n, 1, min(k, n)) for n, k in zip(widths, ranks)]
+            bits = log2_bound(widths, dists, s)
+            assert result.regions <= 2 ** bits + 1e-9, (s, result.regions, bits)
+            assert result.regions >= 1
+
+
+def run_cli(capsys, monkeypatch, *argv):
+    from planner.cli import main
+
+    monkeypatch.setenv("SPARSITY_PLANNER_CACHE_DIR", "off")
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_bound_cli_on_a_cnn_matches_the_library(capsys, monkeypatch):
+    from planner.pruning.model import load_factory, model_layers
+
+    code, out, _ = run_cli(capsys, monkeypatch, "bound", "--model", "examples.models:lenet5", "--input-shape",
+                           "1,32,32", "--density", "0.3,0.001,0.1,0.1", "--input-dim", "40", "--json")
+    assert code in (0, None)
+    data = json.loads(out)
+    assert [r["in_bound"] for r in data["layers"]] == [True, True, True, True, False]
+    assert data["layers"][0]["kind"] == "conv" and data["layers"][-1]["why"] == "output layer"
+    chain = [w for w in model_layers(load_factory("examples.models:lenet5"), (1, 32, 32)).layers if w.in_bound]
+    bits, dense, _ = chain_bound([w.geometry for w in chain], [0.3, 0.001, 0.1, 0.1], 40,
+                                 cache=RankCache(disk=False))
+    assert data["log2_bound"] == pytest.approx(bits, abs=1e-9) and data["dense_log2_bound"] == pytest.approx(dense)
+    assert bits < dense  # conv2 at 0.1% loses rank
+
+
+def test_bound_cli_refuses_models_without_a_chain_and_bad_densities(capsys, monkeypatch):
+    code, _, err = run_cli(capsys, monkeypatch, "bound", "--model", "examples.models:resnet18", "--input-shape",
+                           "3,32,32", "--density", "0.1")
+    assert code == 2 and "no ReLU chain" in err and "Traceback" not in err
+    code, _, err = run_cli(capsys, monkeypatch, "bound", "--model", "examples.models:lenet5", "--input-shape",
+                           "1,32,32", "--density", "0.1,0.2")
+    assert code == 2 and "one per layer" in err
+
+
+def test_plan_file_marks_convolutions_in_the_bound(capsys, monkeypatch, tmp_path):
+    out = tmp_path / "plan.json"
+    code, _, _ = run_cli(capsys, monkeypatch, "plan", "--model", "examples.models:digits_cnn", "--input-shape", "64",
+                         "--density", "0.05", "-o", str(out))
+    assert code in (0, None)
+    layers = {layer["name"]: layer for layer in json.loads(out.read_text())["layers"]}
+    assert layers["features.0"]["in_bound"] and layers["features.2"]["in_bound"]
+    assert layers["features.0"]["rule"] == "bound"
+
+
+def test_count_regions_cli_on_a_cnn(capsys, monkeypatch, tmp_path):
+    torch.manual_seed(0)
+    model = TinyCNN(2, 1, 0)
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    points = np.random.default_rng(0).standard_normal((2, 36)) * 3
+    np.save(tmp_path / "p.npy", points)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "tinycnn.py").write_text("from tests.test_conv import TinyCNN\n"
+                                         "def make():\n    return TinyCNN(2, 1, 0)\n")
+    code, out, err = run_cli(capsys, monkeypatch, "count-regions", "--model", "tinycnn:make", "--weights",
+                             str(tmp_path / "w.pt"), "--points", str(tmp_path / "p.npy"), "--input-shape", "1,6,6",
+                             "--json")
+    assert code in (0, None), err
+    data = json.loads(out)
+    from planner.experiments.regions import count_regions
+
+    assert data["regions"] == count_regions(model, points.reshape(2, 1, 6, 6)).regions

@@ -39,7 +39,11 @@ def load_points(path: str):
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
               help="State dict for the model, loaded with torch.load(weights_only=True).")
 @click.option("--points", "points_path", required=True, type=click.Path(dir_okay=False),
-              help=".npy array of shape (S+1, n0): the hull of these points is counted on.")
+              help=".npy array of shape (S+1, n0), or (S+1, C, H, W) for a CNN: the hull of these points is "
+                   "counted on.")
+@click.option("--input-shape", default=None,
+              help="The model's input shape without the batch dimension (e.g. 1,6,6); the points are "
+                   "reshaped to it (default: the points' own shape).")
 @click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True,
               help="walk: exact walk along a segment (2 points); milp: enumeration by MILP (any S); "
                    "auto: walk for 2 points, milp otherwise.")
@@ -55,8 +59,8 @@ def load_points(path: str):
               help="Seed of the random points (the count does not depend on it when complete).")
 @click.option("--patterns", "with_patterns", is_flag=True, help="Add the activation patterns to --json.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def count_regions_command(model_spec, weights, points_path, method, solver, time_limit, eps, samples, seed,
-                          with_patterns, as_json):
+def count_regions_command(model_spec, weights, points_path, input_shape, method, solver, time_limit, eps, samples,
+                          seed, with_patterns, as_json):
     """Count the linear regions of an MLP on the convex hull of S+1 input points.
 
     A region is an activation pattern of the hidden ReLU layers whose inputs meet the hull in
@@ -68,6 +72,16 @@ def count_regions_command(model_spec, weights, points_path, method, solver, time
     from planner.pruning.model import load_factory, load_weights
 
     points = load_points(points_path)  # before the model: cheap checks first
+    if input_shape is not None:
+        import numpy as np
+
+        from planner.cli.common import parse_shape
+
+        shape = parse_shape(input_shape)
+        if points.ndim < 2 or int(np.prod(points.shape[1:])) != int(np.prod(shape)):
+            raise RegionsError(f"--points has shape {points.shape}, which does not hold points of shape "
+                               f"{tuple(shape)}")
+        points = points.reshape(points.shape[0], *shape)
     model = load_factory(model_spec)
     if weights is not None:
         load_weights(model, weights)

@@ -209,9 +209,15 @@ def count_regions(
 
         if not isinstance(model, nn.Module):
             raise RegionsError(f"expected a torch nn.Module or a ReluNet, got {type(model).__name__}")
-        names, modules = _hidden_linear_layers(model)
-        pts = check_points(points, modules[0].in_features)
-        net = _checked_net(model, names, modules, pts, seed)
+        raw = np.asarray(points)
+        input_shape = tuple(raw.shape[1:]) if raw.ndim > 2 else None
+        if input_shape is None and any(isinstance(m, nn.Conv2d) for m in model.modules()) and raw.ndim == 2:
+            input_shape = (raw.shape[1],)  # a CNN that reshapes its flat input itself
+        names, modules = _hidden_linear_layers(model, input_shape)
+        n0 = modules[0].in_features if isinstance(modules[0], nn.Linear) else int(np.prod(input_shape))
+        pts = check_points(points, n0)
+        net = _checked_net(model, names, modules, pts, seed,
+                           input_shape if isinstance(modules[0], nn.Conv2d) or raw.ndim > 2 else None)
     sub = _subspace(net, pts)
     dim = sub.dim
     if method == "auto":

@@ -77,9 +77,9 @@ class ReluNet:
         return np.concatenate([g > 0 for g in self.preactivations(x)], axis=1)
 
 
-def _hidden_linear_layers(model):
-    """(names, modules) of the hidden Linear layers of a torch MLP, checked to be a plain chain
-    of Linear layers with ReLUs between them."""
+def _hidden_linear_layers(model, input_shape=None):
+    """(names, modules) of the hidden layers of a torch MLP or CNN, checked to be a plain chain
+    of Linear / Conv2d layers with ReLUs between them (a CNN needs its ``input_shape``)."""
     import torch.nn as nn
 
     from planner.pruning.model import model_layers
@@ -87,10 +87,33 @@ def _hidden_linear_layers(model):
     if not isinstance(model, nn.Module):
         raise RegionsError(f"expected a torch nn.Module or a ReluNet, got {type(model).__name__}")
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    convs = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+    other = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv3d))]
+    if other:
+        raise RegionsError(f"counting regions handles Linear and Conv2d layers; the model has {other[0]}")
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     if convs:
-        raise RegionsError(f"counting regions needs an MLP of Linear and ReLU layers; "
-                           f"the model has a convolution ({convs[0]})")
+        if input_shape is None:
+            raise RegionsError("the model has convolutions: give points of the input's shape, (S+1, C, H, W), "
+                               "or --input-shape")
+        try:
+            found = model_layers(model, tuple(input_shape))
+        except ModelError as exc:
+            raise RegionsError(f"cannot read the model's layers: {exc}") from None
+        by_name = {w.name: w for w in found.layers}
+        for n in convs:
+            w = by_name.get(n)
+            if w is None or not w.in_bound:
+                raise RegionsError(f"counting regions needs Conv2d and Linear layers with ReLUs between; "
+                                   f"convolution {n} is outside the ReLU chain ({w.why if w else 'unused'})")
+            if w.conv.pool is not None:
+                raise RegionsError(f"counting regions needs ReLU layers without pooling; {n} is followed by a max pool")
+        hidden = [w.name for w in found.layers if w.in_bound]
+        output = [w for w in found.layers if not w.in_bound]
+        if len(output) != 1:
+            raise RegionsError(f"counting regions needs a plain chain; layer {output[0].name} is outside it "
+                               f"({output[0].why})")
+        chain = hidden + [output[0].name]
+        return chain, [model.get_submodule(n) for n in chain]
     if len(linears) < 2:
         raise RegionsError(f"the model has no hidden ReLU layer: it has {len(linears)} Linear layer(s); "
                            "counting regions needs an MLP of at least two Linear layers with a ReLU between")
@@ -128,24 +151,29 @@ def relu_net(model, check_points: np.ndarray | None = None, *, seed: int = 0) ->
     return _checked_net(model, names, modules, check_points, seed)
 
 
-def _checked_net(model, names, modules, check_points, seed) -> ReluNet:
+def _checked_net(model, names, modules, check_points, seed, input_shape=None) -> ReluNet:
     import torch
+    import torch.nn as nn
 
     for name, module in zip(names, modules):
         for what, tensor in (("weight", module.weight), ("bias", module.bias)):
             if tensor is not None and not bool(torch.isfinite(tensor).all()):
                 raise RegionsError(f"layer {name} has non-finite {what} values (nan or inf)")
-    n0 = modules[0].in_features
+    n0 = modules[0].in_features if input_shape is None else int(np.prod(input_shape))
     param = next(iter(modules[0].parameters()))
     rng = np.random.default_rng(seed)
     batches = [rng.standard_normal((16, n0)) * scale for scale in (1.0, 10.0, 100.0)]
     if check_points is not None:
         batches.insert(0, np.asarray(check_points, dtype=np.float64).reshape(-1, n0))
     x = torch.as_tensor(np.concatenate(batches), dtype=param.dtype, device=param.device)
+    if input_shape is not None:
+        x = x.reshape(len(x), *input_shape)
     seen: dict[str, list] = {n: [] for n in names}
+    spatial: dict[str, tuple] = {}
     hooks = []
     for name, module in zip(names, modules):
         def hook(mod, inputs, output, name=name):
+            spatial[name] = (tuple(inputs[0].shape[-2:]), tuple(output.shape[-2:]))
             seen[name].append((inputs[0].detach().reshape(len(x), -1).double().cpu(),
                                output.detach().reshape(len(x), -1).double().cpu()))
         hooks.append(module.register_forward_hook(hook))
@@ -165,7 +193,7 @@ def _checked_net(model, names, modules, check_points, seed) -> ReluNet:
         if len(seen[name]) != 1:
             raise RegionsError(f"layer {name} ran {len(seen[name])} times in one forward pass; "
                                "counting regions needs a plain MLP")
-    xin = x.double().cpu()
+    xin = x.reshape(len(x), -1).double().cpu()
 
     def close(a, b):
         if a.shape != b.shape:
@@ -185,9 +213,15 @@ def _checked_net(model, names, modules, check_points, seed) -> ReluNet:
             raise RegionsError(f"the output of layer {a!r} does not reach layer {b!r} through a plain ReLU; "
                                "counting regions needs an MLP of Linear and ReLU layers")
     layers = []
-    for m in modules[:-1]:
+    for name, m in zip(names[:-1], modules[:-1]):
         w = m.weight.detach().double().cpu().numpy()
         b = None if m.bias is None else m.bias.detach().double().cpu().numpy()
+        if isinstance(m, nn.Conv2d):  # unrolled: the operator's matrix, the bias at every position
+            from planner.core.conv import ConvShape, unrolled
+
+            shape = ConvShape.of(m, *spatial[name])
+            w = unrolled(shape, w)
+            b = None if b is None else np.repeat(b, shape.out_positions)
         layers.append((w, b))
     return ReluNet.from_arrays(layers, names[:-1])
 

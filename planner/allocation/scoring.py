@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import math
 
-from planner.core.bound import LN2, log_bound
+from collections import OrderedDict
+
+from planner.core.bound import LN2, input_dims, layer_log_r, log_bound
 from planner.core.conv import as_geometry, layer_distribution
 from planner.core.rank import RankDistribution
 
@@ -24,6 +26,8 @@ from planner.core.rank import RankDistribution
 ROBUST_SAMPLED_MAX_SIDE = 1024
 ROBUST_LEVELS = 8  # B(p), B(p/2), ..., B(p/2^7)
 TIE_RESOLUTION_BITS = 0.01
+#: suffix vectors of the halved levels kept for reuse (each at most d0 + 1 floats)
+SUFFIX_MEMO = 4096
 
 
 class TieBreak:
@@ -157,8 +161,27 @@ class Scorer(TieBreak):
         return self.problem.log_bound(choice) / LN2
 
     def _halved(self, choice, level):
-        dists = [self._dist(l, self.cands[l][c], level) for l, c in enumerate(choice)]
-        return log_bound(self.problem.widths, dists, self.problem.input_dim, self.problem.caps) / LN2
+        """The recurrence from the last layer back, its suffixes shared between plans: the polish
+        compares neighbours that differ in one or two layers (the same arithmetic as
+        :func:`log_bound`, so the values are identical)."""
+        widths, caps, d0 = self.problem.widths, self.problem.caps, self.problem.input_dim
+        dims = self._dims if hasattr(self, "_dims") else None
+        if dims is None:
+            dims = self._dims = input_dims(widths, d0, caps)
+            self._suffixes: OrderedDict = OrderedDict()
+        vec = None
+        for i in range(len(choice) - 1, -1, -1):
+            key = (level, tuple(choice[i:]))
+            hit = self._suffixes.get(key)
+            if hit is None:
+                hit = layer_log_r(widths[i], self._dist(i, self.cands[i][choice[i]], level), dims[i], vec, i)
+                self._suffixes[key] = hit
+                if len(self._suffixes) > SUFFIX_MEMO:
+                    self._suffixes.popitem(last=False)
+            else:
+                self._suffixes.move_to_end(key)
+            vec = hit
+        return float(vec[int(d0)]) / LN2
 
 
 class KeepScorer(TieBreak):

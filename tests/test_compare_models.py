@@ -9,9 +9,19 @@ import pytest
 
 from planner.cli import main
 
-CNN = ["compare", "--dataset", "digits", "--model", "examples.models:digits_cnn", "--densities", "0.02",
-       "--strategies", "lr-bound,uniform,erk,global,lamp", "--seeds", "1", "--epochs", "2",
-       "--finetune-epochs", "1", "--rank-model", "analytic", "--no-progress"]
+STRATEGIES = ["lr-bound", "uniform", "erk", "global", "lamp"]
+#: the sweep's settings (a fifth of digits keeps the test fast; the split's classes are all there)
+SWEEP = dict(densities=[0.02], seeds=1, epochs=2, finetune_epochs=1, rank_model="analytic", progress=False,
+             model="examples.models:digits_cnn")
+
+
+def _data():
+    from planner.experiments.data import load_dataset
+
+    X_tr, y_tr, X_te, y_te = load_dataset("digits")
+    return X_tr[:300], y_tr[:300], X_te[:100], y_te[:100]
+
+
 #: digits_cnn's layers (name, size) and its prunable weights (every layer but the output)
 LAYERS = [("features.0", 8 * 9), ("features.2", 16 * 72), ("classifier.1", 64 * 256), ("classifier.3", 10 * 64)]
 PRUNABLE = 8 * 9 + 16 * 72 + 64 * 256
@@ -20,14 +30,11 @@ PRUNABLE = 8 * 9 + 16 * 72 + 64 * 256
 @pytest.fixture(scope="module")
 def cnn_run(tmp_path_factory):
     pytest.importorskip("torch")
-    import contextlib
-    import io
+    from planner.experiments.compare import compare
 
     out = tmp_path_factory.mktemp("cnn-out")
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        assert main([*CNN, "--json", "--out", str(out)]) == 0
-    return json.loads(buf.getvalue()), out
+    result = compare("digits", strategies=STRATEGIES, data=_data(), resume_dir=out / "jobs", **SWEEP)
+    return result.to_dict(), out
 
 
 def _dense_weights(out):
@@ -77,12 +84,11 @@ def test_cnn_rows_keep_what_the_plans_say(cnn_run):
     assert config["layers"] == [name for name, _ in LAYERS]
 
 
-def test_cnn_rows_are_the_same_with_two_workers(cnn_run, capsys):
+def test_cnn_rows_are_the_same_with_two_workers(cnn_run):
+    from planner.experiments.compare import compare
+
     data, _ = cnn_run
-    args = [a for a in CNN]
-    args[args.index("--strategies") + 1] = "uniform,lamp"
-    assert main([*args, "--json", "--jobs", "2"]) == 0, capsys.readouterr().err
-    two = json.loads(capsys.readouterr().out)
+    two = compare("digits", strategies=["uniform", "lamp"], data=_data(), n_jobs=2, **SWEEP).to_dict()
     by = {r["strategy"]: r for r in data["results"]}
     assert two["results"] == [by["uniform"], by["lamp"]] and two["dense"] == data["dense"]
 

@@ -49,3 +49,16 @@ def test_compare_on_ray_gives_the_local_rows(capsys):
         rows[name] = json.loads(capsys.readouterr().out)
     assert rows["ray"] == rows["local"]
     assert len(rows["ray"]["results"]) == 8
+
+
+def test_sensitivity_on_ray_gives_the_local_table(capsys):
+    pytest.importorskip("torch")
+    sens = ["sensitivity", "--model", "examples.models:digits_cnn", "--input-shape", "1,8,8", "--dataset", "digits",
+            "--samples", "100", "--steps", "1", "--min-density", "0.2", "--no-cache", "--json", "--chunk", "2"]
+    out = {}
+    for name, extra in (("local", []), ("ray", ["--executor", "ray", "--jobs", "2"])):
+        assert main([*sens, *extra]) == 0, capsys.readouterr().err
+        out[name] = capsys.readouterr().out
+    assert out["ray"] == out["local"]  # byte for byte
+    assert [layer["name"] for layer in json.loads(out["ray"])["layers"]] == [
+        "features.0", "features.2", "classifier.1", "classifier.3"]

@@ -31,6 +31,14 @@ def _parse_densities(text: str) -> list[float]:
               help="Directory with the MNIST / Fashion-MNIST IDX files or CIFAR-10's binary batches.")
 @click.option("--arch", default=DEFAULT_ARCH, show_default=True,
               help="MLP sizes input,hidden...,output; the input size must match the dataset.")
+@click.option("--model", "model_spec", default=None, metavar="M:F",
+              help="A model factory package.module:factory instead of --arch (e.g. examples.models:digits_cnn): "
+                   "its Linear and Conv2d layers are planned, pruned and fine-tuned.")
+@click.option("--model-kwargs", default=None, metavar="JSON",
+              help="Keyword arguments of the --model factory, a JSON object.")
+@click.option("--input-shape", default=None, metavar="C,H,W",
+              help="Shape of one --model input [default: the dataset's image shape (1,8,8 for digits) when the "
+                   "model has a convolution, else the flat features].")
 @click.option("--densities", default=",".join(f"{d:g}" for d in DEFAULT_DENSITIES), show_default=True,
               help="Comma list of global densities (kept fraction of the hidden-layer weights), or low: "
                    + ",".join(f"{d:g}" for d in LOW_DENSITIES) + " (down to where uniform pruning collapses).")
@@ -70,7 +78,8 @@ def _parse_densities(text: str) -> list[float]:
                    "kept in its jobs/ and a rerun skips those.")
 @click.option("--no-progress", is_flag=True, help="No progress bars or progress lines on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of tables.")
-def compare_command(dataset, data_dir, arch, densities, strategies, criteria, weight_decay, seeds, epochs, finetune_epochs, lr, momentum,
+def compare_command(dataset, data_dir, arch, model_spec, model_kwargs, input_shape, densities, strategies, criteria,
+                    weight_decay, seeds, epochs, finetune_epochs, lr, momentum,
                     batch_size, rank_model, threads, executor, n_jobs, address, out_dir, no_progress, as_json):
     """Train, prune by each strategy, fine-tune and compare test accuracy."""
     from planner.experiments.compare import compare, parse_criteria, parse_strategies
@@ -79,6 +88,7 @@ def compare_command(dataset, data_dir, arch, densities, strategies, criteria, we
     # The paper's schedule (lr 0.01, 15 + 15 epochs) gives MNIST about 7000 SGD updates; digits
     # has 11 batches an epoch, so the same schedule leaves even the dense model near chance
     # (21%). On digits the defaults keep lr x updates equal to the paper's MNIST run instead.
+    model_kwargs, input_shape = _model_options(arch, model_spec, model_kwargs, input_shape)
     digits = dataset == "digits"
     epochs = epochs if epochs is not None else (64 if digits else 15)
     finetune_epochs = finetune_epochs if finetune_epochs is not None else (64 if digits else 15)
@@ -105,7 +115,8 @@ def compare_command(dataset, data_dir, arch, densities, strategies, criteria, we
     result = compare(dataset, arch, dens, strats, seeds, epochs=epochs, finetune_epochs=finetune_epochs, lr=lr,
                      momentum=momentum, batch_size=batch_size, data_dir=data_dir, rank_model=rank_model,
                      progress=not no_progress, threads=threads, executor=executor, n_jobs=n_jobs,
-                     address=address, resume_dir=resume_dir, criteria=crits, weight_decay=weight_decay)
+                     address=address, resume_dir=resume_dir, criteria=crits, weight_decay=weight_decay,
+                     model=model_spec, model_kwargs=model_kwargs, input_shape=input_shape)
     written = write_outputs(result, out_dir) if out_dir is not None else []
     elapsed = time.perf_counter() - started
     if as_json:
@@ -120,3 +131,29 @@ def compare_command(dataset, data_dir, arch, densities, strategies, criteria, we
     if not no_progress:
         click.echo(f"compare: {len(result.rows)} runs in {elapsed:.1f} s", err=True)
     sys.stdout.flush()
+
+
+def _model_options(arch, model_spec, model_kwargs, input_shape):
+    """(kwargs dict or None, input shape or None) of --model; usage errors for what does not fit."""
+    from click.core import ParameterSource
+
+    from planner.cli.common import parse_shape
+
+    ctx = click.get_current_context()
+    if model_spec is None:
+        for value, flag in ((model_kwargs, "--model-kwargs"), (input_shape, "--input-shape")):
+            if value is not None:
+                raise click.UsageError(f"{flag} goes with --model")
+        return None, None
+    if ctx.get_parameter_source("arch") not in (ParameterSource.DEFAULT, None):
+        raise click.UsageError("give --arch or --model, not both")
+    kwargs = None
+    if model_kwargs is not None:
+        try:
+            kwargs = json.loads(model_kwargs)
+        except ValueError as exc:
+            raise click.UsageError(f"--model-kwargs is not JSON ({exc})") from None
+        if not isinstance(kwargs, dict):
+            raise click.UsageError(f"--model-kwargs must be a JSON object like '{{\"num_classes\": 10}}', "
+                                   f"got {model_kwargs!r}")
+    return kwargs, parse_shape(input_shape)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from planner.cli.common import check_output, load_model, model_options, progress_bars, table, with_options
-from planner.limits import MAX_SEED
+from planner.limits import MAX_SEED, MAX_THREADS
 
 #: densities shown in the summary table (the full table goes to -o / --csv)
 SUMMARY_DENSITIES = (0.5, 0.25, 0.1, 0.05, 0.02, 0.01)
@@ -55,7 +55,8 @@ def load_calibration(calibration, labels, dataset, data_dir, samples):
 
 
 def measure_from_options(model_spec, weights, input_shape, calibration, labels, dataset, data_dir, samples,
-                         criterion, steps, min_density, seed, cache_dir, no_cache, show_progress):
+                         criterion, steps, min_density, seed, cache_dir, no_cache, show_progress, *,
+                         executor="local", n_jobs=None, address=None, work_dir=None, chunk=None, threads=1):
     """The sensitivity table the options describe (cached in the rank cache's directory)."""
     from planner.cli.common import make_cache, parse_shape
     from planner.core.rank import default_cache
@@ -66,11 +67,15 @@ def measure_from_options(model_spec, weights, input_shape, calibration, labels, 
     cache = (make_cache(cache_dir, no_cache) or default_cache()).disk  # the rank cache's directory
     X, y, source = load_calibration(calibration, labels, dataset, data_dir, samples)
     model = load_model(model_spec, weights)
+    ctx = click.get_current_context(silent=True)
+    kwargs = None if ctx is None else ctx.meta.get("planner.model_kwargs")
     source = {"model": model_spec, "weights": None if weights is None else str(weights), **source}
+    more = {} if chunk is None else {"chunk": chunk}
     with progress_bars(show_progress) as progress:
         return measure_sensitivity(model, X, y, criterion=criterion, steps=steps, min_density=min_density,
                                    seed=seed, input_shape=parse_shape(input_shape), cache=cache, source=source,
-                                   progress=progress)
+                                   progress=progress, executor=executor, n_jobs=n_jobs, address=address,
+                                   work_dir=work_dir, threads=threads, factory=(model_spec, kwargs), **more)
 
 
 def measure_options():
@@ -96,6 +101,20 @@ def measure_options():
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Cache directory (default: $SPARSITY_PLANNER_CACHE_DIR or the user cache).")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the on-disk cache.")
+@click.option("--executor", type=click.Choice(("local", "ray")), default="local", show_default=True,
+              help="Where the measurement jobs run: processes of this machine, or Ray tasks.")
+@click.option("--jobs", "n_jobs", type=click.IntRange(1, MAX_THREADS), default=None,
+              help="Jobs at once [default: 1 with local (in this process); every CPU of the Ray cluster].")
+@click.option("--address", default=None,
+              help="Ray cluster to join: auto, HOST:PORT or ray://HOST:10001 [default: a local Ray instance].")
+@click.option("--work-dir", type=click.Path(file_okay=False), default=None,
+              help="Keep every finished job here (one file each, written atomically); a rerun with the same "
+                   "model, data and settings skips them.")
+@click.option("--chunk", type=click.IntRange(min=1), default=None,
+              help="Keep-counts measured per job (one job per layer and run of that many keep-counts) "
+                   "[default: 8; 1: one job per layer and keep-count].")
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=1, show_default=True,
+              help="torch threads per job (small layers: one is fastest).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Write the table (JSON, for plan --sensitivity) here.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
@@ -104,7 +123,8 @@ def measure_options():
               help="Plot loss increase against density per layer (PNG, needs matplotlib).")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
 def sensitivity_command(model_spec, weights, input_shape, calibration, labels, dataset, data_dir, samples, criterion,
-                        steps, sens_min_density, seed, cache_dir, no_cache, output, csv_path, plot_path, as_json):
+                        steps, sens_min_density, seed, executor, n_jobs, address, work_dir, chunk, threads, cache_dir,
+                        no_cache, output, csv_path, plot_path, as_json):
     """Measure each layer's sensitivity: the calibration loss and accuracy with only that layer
     pruned, at every measured keep-count (densities 1, 2^(-1/steps), ... down to --min-density).
 
@@ -112,8 +132,21 @@ def sensitivity_command(model_spec, weights, input_shape, calibration, labels, d
     """
     for path, what in ((output, "output"), (csv_path, "--csv"), (plot_path, "--plot")):
         check_output(path, what)
+    if address is not None and executor != "ray":
+        raise click.UsageError("--address is for --executor ray")
+    if executor == "ray":
+        from planner.experiments.executor import ray_available
+
+        if not ray_available():
+            raise click.UsageError("--executor ray needs Ray: pip install 'sparsity-planner[ray]'")
+    if work_dir is not None:
+        from planner.fileio import check_writable_dir
+
+        check_writable_dir(work_dir, "--work-dir directory")
     result = measure_from_options(model_spec, weights, input_shape, calibration, labels, dataset, data_dir, samples,
-                                  criterion, steps, sens_min_density, seed, cache_dir, no_cache, not as_json)
+                                  criterion, steps, sens_min_density, seed, cache_dir, no_cache, not as_json,
+                                  executor=executor, n_jobs=n_jobs, address=address, work_dir=work_dir, chunk=chunk,
+                                  threads=threads)
     if output is not None:
         result.save(output)
     if csv_path is not None:

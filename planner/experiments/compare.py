@@ -299,6 +299,9 @@ def compare(
     resume_dir=None,
     criteria: str | Sequence[str] = DEFAULT_CRITERIA,
     weight_decay: float = 0.0,
+    model: str | None = None,
+    model_kwargs: dict | None = None,
+    input_shape: Sequence[int] | None = None,
 ) -> Comparison:
     """Train, prune by every strategy at every density and criterion, fine-tune, measure: one row
     per (seed, density, strategy, criterion) with ``accuracy``, ``log2_bound``, realized per-layer
@@ -321,7 +324,11 @@ def compare(
     ``resume_dir`` keeps every finished job (``--out``'s ``jobs/``): a rerun skips them; it
     refuses a directory holding jobs of other settings (:class:`~planner.experiments.executor.
     StoreMismatchError`). ``cache`` and ``workers`` apply to jobs run in this process; worker
-    processes use their default rank cache and plan in one process each."""
+    processes use their default rank cache and plan in one process each.
+
+    ``model`` (``package.module:factory``, with ``model_kwargs`` and ``input_shape``) replaces
+    ``arch``: the factory's model (a CNN, say) is trained and planned through the planner's model
+    route (:mod:`planner.experiments.models`)."""
     import torch
 
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
@@ -334,14 +341,16 @@ def compare(
                         finetune_epochs=finetune_epochs, lr=lr, batch_size=batch_size, momentum=momentum,
                         data_dir=data_dir, rank_model=rank_model, progress=progress, cache=cache,
                         workers=workers, data=data, threads=threads, executor=executor, n_jobs=n_jobs,
-                        address=address, resume_dir=resume_dir, criteria=criteria, weight_decay=weight_decay)
+                        address=address, resume_dir=resume_dir, criteria=criteria, weight_decay=weight_decay,
+                        model=model, model_kwargs=model_kwargs, input_shape=input_shape)
     finally:
         torch.set_num_threads(saved_threads)
 
 
 def _compare(dataset, arch, densities, strategies, seeds, *, epochs, finetune_epochs, lr, batch_size, momentum,
              data_dir, rank_model, progress, cache, workers, data, threads, executor, n_jobs, address,
-             resume_dir, criteria=DEFAULT_CRITERIA, weight_decay=0.0) -> Comparison:
+             resume_dir, criteria=DEFAULT_CRITERIA, weight_decay=0.0, model=None, model_kwargs=None,
+             input_shape=None) -> Comparison:
     import torch
 
     from planner.core.arch import Architecture
@@ -349,7 +358,7 @@ def _compare(dataset, arch, densities, strategies, seeds, *, epochs, finetune_ep
     from planner.experiments.executor import EXECUTORS, Executor, Job, ResultStore
     from planner.core.rank import RANK_MODELS
 
-    net = Architecture.parse(arch) if isinstance(arch, str) else arch
+    net = None if model is not None else Architecture.parse(arch) if isinstance(arch, str) else arch
     strategies = parse_strategies(strategies)
     criteria = parse_criteria(criteria)
     densities = _check_densities(densities)
@@ -358,11 +367,11 @@ def _compare(dataset, arch, densities, strategies, seeds, *, epochs, finetune_ep
     if data is None:
         if key not in FEATURES:
             load_dataset(key)  # raises the unknown-dataset error
-        if net.input_size != FEATURES[key]:
+        if net is not None and net.input_size != FEATURES[key]:
             raise ExperimentError(f"--arch {net}: input size {net.input_size} does not match dataset {key}, "
                                   f"which has {FEATURES[key]} features (e.g. --arch {FEATURES[key]},100,100,"
                                   f"{CLASSES[key]})")
-        if net.output_size != CLASSES[key]:
+        if net is not None and net.output_size != CLASSES[key]:
             raise ExperimentError(f"--arch {net}: output size {net.output_size} does not match dataset {key}, "
                                   f"which has {CLASSES[key]} classes")
     if rank_model not in RANK_MODELS:
@@ -382,7 +391,7 @@ def _compare(dataset, arch, densities, strategies, seeds, *, epochs, finetune_ep
         raise ExperimentError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
 
     X_tr, y_tr, X_te, y_te = load_dataset(key, data_dir) if data is None else data
-    if X_tr.shape[1] != net.input_size:
+    if net is not None and X_tr.shape[1] != net.input_size:
         raise ExperimentError(f"--arch {net}: input size {net.input_size} does not match the data's "
                               f"{X_tr.shape[1]} features")
     arrays = tuple(np.ascontiguousarray(a) for a in (X_tr, y_tr, X_te, y_te))
@@ -390,9 +399,19 @@ def _compare(dataset, arch, densities, strategies, seeds, *, epochs, finetune_ep
     shared = {"fingerprint": _fingerprint(arrays), "data": arrays, "cache": cache if in_process else None,
               "workers": workers if in_process else (workers or 1)}
 
-    layer_names = net.layer_names
+    if model is not None:
+        from planner.experiments.models import check_model, model_settings
+
+        if list(criteria) != ["magnitude"] or weight_decay:
+            raise ExperimentError("--criteria and --weight-decay work with --arch; with --model the layers are "
+                                  "pruned by magnitude, without weight decay")
+
+        classes = CLASSES[key] if data is None else int(max(np.max(y_tr), np.max(y_te))) + 1
+        checked = check_model(model, model_kwargs, key, int(np.prod(X_tr.shape[1:])), classes, input_shape)
+        shared["cwd"] = __import__("os").getcwd()
+    layer_names = net.layer_names if net is not None else checked["layers"]
     config = {
-        "dataset": key, "arch": list(net.sizes), "layers": layer_names, "densities": densities,
+        "dataset": key, "arch": list(net.sizes) if net is not None else None, "layers": layer_names, "densities": densities,
         "strategies": strategies, "seeds": seeds, "epochs": int(epochs), "finetune_epochs": int(finetune_epochs),
         "lr": float(lr), "batch_size": int(batch_size), "momentum": float(momentum), "optimizer": "SGD",
         "criterion": ",".join(criteria), "criteria": criteria, "weight_decay": float(weight_decay),
@@ -401,18 +420,29 @@ def _compare(dataset, arch, densities, strategies, seeds, *, epochs, finetune_ep
     }
     # what every job's result depends on besides its own seed, strategy and density: a store
     # holding jobs of other settings is refused (meta), and each job is keyed by all of it
-    fixed = {"command": "compare", "data": shared["fingerprint"], "dataset": key, "arch": list(net.sizes),
+    fixed = {"command": "compare", "data": shared["fingerprint"], "dataset": key,
+             "arch": list(net.sizes) if net is not None else None,
              "epochs": int(epochs), "finetune_epochs": int(finetune_epochs), "lr": float(lr),
              "batch_size": int(batch_size), "momentum": float(momentum), "weight_decay": float(weight_decay),
              "rank_model": rank_model, "threads": threads, "torch": torch.__version__}
+    dense_fn, pruned_fn = _dense_job, _pruned_job
+    if model is not None:  # the factory's model instead of the MLP: its own jobs, the same sweep
+        from planner.experiments.models import model_dense_job, model_pruned_job
+
+        dense_fn, pruned_fn = model_dense_job, model_pruned_job
+        for d in (config, fixed):
+            d.pop("arch")
+        config.update(model_settings(model, model_kwargs, checked), prunable=checked["prunable"])
+        config["output_layer"] = "dense (" + ", ".join(checked["frozen"]) + ")"
+        fixed.update(model_settings(model, model_kwargs, checked), classes=classes)
     store = ResultStore(resume_dir, fixed) if resume_dir is not None else None
-    dense_jobs = [Job(_dense_job, (dict(fixed, seed=seed),), spec=dict(fixed, job="dense", seed=seed),
+    dense_jobs = [Job(dense_fn, (dict(fixed, seed=seed),), spec=dict(fixed, job="dense", seed=seed),
                       label=f"seed {seed}: dense training") for seed in seeds]
     pruned_specs = [dict(fixed, job="pruned", seed=seed, density=density, strategy=strategy, criterion=criterion)
                     for seed in seeds for density in densities for strategy in strategies for criterion in criteria]
 
     def pruned_job(spec, trained=None) -> Job:
-        return Job(_pruned_job, (spec, trained), spec=spec,
+        return Job(pruned_fn, (spec, trained), spec=spec,
                    label=f"seed {spec['seed']}: {spec['strategy']} at {spec['density']:g}"
                          + ("" if spec["criterion"] == "magnitude" else f" ({spec['criterion']})"))
 

@@ -387,24 +387,43 @@ def _pool_call(fn, args, kwargs):
 
 
 def _stop_pool(pool, abort: bool) -> None:
+    """Shut the pool down; with ``abort``, terminate its workers (they ignore Ctrl-C) and return
+    only once they are reaped.
+
+    The pool's manager thread reaps the workers itself: it sees them gone, fails their futures
+    and joins every one. So this waits for that thread instead of joining the workers from here
+    as well: two threads reaping one child race (the loser's ``waitpid`` fails with ECHILD, its
+    ``poll`` reports the child alive, and ``multiprocessing.active_children()`` still lists it
+    until the winner records its exit code; a ``kill`` sent then would hit a reaped pid).
+    Only if the manager thread does not finish (a worker that outlives SIGTERM) are the
+    remaining workers killed and joined here.
+    """
     if not abort:
         pool.shutdown(wait=True)
         return
     processes = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)
     pool.shutdown(wait=False, cancel_futures=True)
-    for p in processes:  # the workers ignore Ctrl-C: end them, not only their queue
+    for p in processes:
         try:
             p.terminate()
         except (OSError, ValueError, AttributeError):
             pass
+    if manager is not None:
+        manager.join(_REAP_SECONDS)
+        if not manager.is_alive():
+            return
     for p in processes:
         try:
-            p.join(5)
-            if p.is_alive():
+            if p.exitcode is None:
                 p.kill()
-                p.join(5)
+                p.join(_REAP_SECONDS)
         except (OSError, ValueError, AssertionError):
             pass
+
+
+#: how long a terminated worker may take to be reaped before it is killed
+_REAP_SECONDS = 10.0
 
 
 # ------------------------------------------------------------------------------ Ray

@@ -38,9 +38,9 @@ def test_introspection_of_example_factories():
     assert lenet.input_size == 784
     l5 = model_layers(models.lenet5(), (1, 32, 32))
     assert [(w.name, w.rows, w.cols, w.in_bound, w.flops_per_weight) for w in l5.layers] == [
-        ("features.0", 6, 25, False, 28 * 28), ("features.3", 16, 150, False, 10 * 10),
+        ("features.0", 6, 25, True, 28 * 28), ("features.3", 16, 150, True, 10 * 10),
         ("classifier.1", 120, 400, True, 1), ("classifier.3", 84, 120, True, 1), ("classifier.5", 10, 84, False, 1)]
-    assert l5.input_size == 400
+    assert l5.input_size == 1024  # the chain starts at the first convolution's 1x32x32 input
     head = model_layers(models.alexnet_head())
     assert [(w.rows, w.cols) for w in head.layers] == [(4096, 1024), (4096, 4096), (10, 4096)]
     with pytest.raises(ModelError, match="input-shape"):

@@ -131,3 +131,14 @@ def test_an_mlp_factory_gives_the_rows_of_the_same_arch(capsys):
     assert rows["model"]["results"] == rows["arch"]["results"]
     assert rows["model"]["dense"] == rows["arch"]["dense"]
     assert rows["model"]["config"]["input_shape"] == [64]  # no convolution: the flat features
+
+
+def test_two_seed_cnn_run_has_a_dense_reference():
+    """The dense-vs-dense SVCCA reference also works for a factory's model (it had assumed an MLP)."""
+    pytest.importorskip("torch")
+    from planner.experiments.compare import compare
+
+    sweep = dict(SWEEP, seeds=2, epochs=1, finetune_epochs=0)
+    result = compare("digits", strategies=["uniform"], data=_data(), **sweep).to_dict()
+    refs = [d["svcca_reference"] for d in result["dense"]]
+    assert all(len(r) == 3 and all(0 <= v <= 1 + 1e-9 for v in r) for r in refs)

@@ -582,16 +582,28 @@ def _dense_reference(dense, *, spec, X_test) -> dict:
 
     if len(dense) < 2:
         return {d["seed"]: {"reference_seed": None, "svcca_reference": None} for d in dense}
-    from planner.experiments.distortion import layer_svcca
+    from planner.experiments.distortion import layer_svcca, svcca
 
     X = torch.as_tensor(np.array(X_test), dtype=torch.float32)
     with _Threads(spec["threads"]):
-        models = [_dense_model(spec, d) for d in dense]
+        if spec.get("model") is not None:  # a factory's model: its chain layers through hooks
+            from planner.experiments.models import chain_activations, dense_model_and_layers
+
+            X = X.reshape(len(X), *spec["input_shape"])
+            pairs = [dense_model_and_layers(spec, d) for d in dense]
+            acts = [chain_activations(m, X, names) for m, names in pairs]
+
+            def similarity(i, j):
+                return [svcca(a, b) for a, b in zip(acts[i], acts[j])]
+        else:
+            models = [_dense_model(spec, d) for d in dense]
+
+            def similarity(i, j):
+                return layer_svcca(models[i], models[j], X)
         out = {}
         for i, d in enumerate(dense):
             j = (i + 1) % len(dense)
-            out[d["seed"]] = {"reference_seed": dense[j]["seed"],
-                              "svcca_reference": layer_svcca(models[i], models[j], X)}
+            out[d["seed"]] = {"reference_seed": dense[j]["seed"], "svcca_reference": similarity(i, j)}
     return out
 
 

@@ -229,6 +229,18 @@ def model_pruned_job(shared, spec, dense) -> dict:
     }
 
 
+def dense_model_and_layers(spec, dense):
+    """The trained dense model of a :func:`model_dense_job` result and the names of its chain's
+    hidden layers (what SVCCA compares)."""
+    from planner.experiments.compare import _decode_state
+    from planner.pruning.model import model_layers
+
+    model = build_model(spec["model"], spec["model_kwargs"], dense["seed"])
+    model.load_state_dict(_decode_state(dense["state"]))
+    found = model_layers(model, tuple(spec["input_shape"]))
+    return model, [w.name for w in found.layers if w.in_bound]
+
+
 def chain_activations(model, X, names) -> list[np.ndarray]:
     """The post-ReLU activations (flattened per sample) of the named layers on inputs ``X``:
     the hidden layers of the bound's chain, for SVCCA."""

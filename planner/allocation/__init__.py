@@ -6,8 +6,9 @@ and ``planfile`` (:class:`Plan` and its JSON format).
 This module holds the names the command line needs without importing numpy.
 """
 
-#: how plans with equal bounds are ordered (``scoring.Scorer``)
-TIE_BREAKS = ("robust", "robust-analytic", "prior:uniform", "prior:erk", "none")
+#: how plans with equal bounds are ordered (``scoring.Scorer``); ``magnitude`` and ``lamp`` need
+#: the model's trained weights
+TIE_BREAKS = ("robust", "robust-analytic", "prior:uniform", "prior:erk", "magnitude", "lamp", "none")
 #: how the plan is searched on integer keep-counts after the grid (``integer.py``): ``auto``
 #: enumerates every allocation when there are few, else runs a local search; ``local`` always
 #: searches locally; ``off`` keeps the grid plan

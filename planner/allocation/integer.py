@@ -206,8 +206,8 @@ def local_search(space: IntegerSpace, scorer: KeepScorer, keeps, *, workers=None
     if scorer.exact(current) >= dense - 1e-9:
         return list(current), scorer.exact(current), False
     # robust levels cost fresh distributions: compare the exact bound only; a prior's distance
-    # is free, so its moves may also trade nothing for a plan nearer the prior
-    levels = None if scorer.by_prior else 1
+    # (or the kept mass) is free, so its moves may also trade nothing for a plan nearer the prior
+    levels = None if scorer.one_level else 1
     while True:
         neighbours = [c for c in dict.fromkeys(_moves(space, list(current))) if space.feasible(c)]
         if evaluations + len(neighbours) > max_evaluations:

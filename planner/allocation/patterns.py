@@ -267,7 +267,7 @@ def build_pattern_problem(target, *, cache=None, workers=None, progress=None) ->
 def run_patterns(target, *, cache=None, workers=None, progress=None):
     """The pattern-aware pipeline: candidates, the integer program with the latency row, the
     exact polish, the plan file with each layer's pattern and latency."""
-    from planner.allocation.pipeline import Allocation, assemble, prior_keeps
+    from planner.allocation.pipeline import Allocation, assemble, tie_inputs
     from planner.allocation.scoring import Scorer
     from planner.allocation.search import polish, solve
     from planner.limits import check_time_limit
@@ -278,7 +278,7 @@ def run_patterns(target, *, cache=None, workers=None, progress=None):
     names, lat, fixed_ms, constant_ns, patterns, table = (pp.names, pp.latency_ns, pp.fixed_ms, pp.constant_ns,
                                                           pp.patterns, pp.table)
     chosen = {w.name for w in target.decision}
-    scorer = Scorer(problem, cands, dgrid, r.rank_model, r.seed, cache, r.tie_break, prior_keeps(target))
+    scorer = Scorer(problem, cands, dgrid, r.rank_model, r.seed, cache, r.tie_break, **tie_inputs(target))
     if problem.n_combinations <= EXHAUSTIVE_MAX_COMBINATIONS:
         best = exhaustive(problem, scorer)
         certificate, status, name = scorer.exact(best), "OPTIMAL", "exhaustive"

@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import numpy as np
+
 from planner.allocation.grid import Candidate, DensityGrid, candidates
 from planner.allocation.planfile import Plan, PlanLayer
 from planner.allocation.problem import AllocationProblem, LayerOption, LinearBudget
@@ -44,7 +46,7 @@ from planner.allocation.integer import (
     integer_space,
     local_search,
 )
-from planner.allocation.scoring import KeepScorer, Scorer
+from planner.allocation.scoring import WEIGHT_TIE_BREAKS, KeepScorer, Scorer, kept_mass
 from planner.allocation.search import NOT_WORSE_EPS_BITS, fill, polish, report, solve
 from planner.core.arch import Architecture
 from planner.core.rank import RankCache, RankDistribution, prefetch
@@ -144,10 +146,24 @@ def prior_keeps(target: Target) -> list[int] | None:
     return [w.size if w.frozen else keeps[w.name] for w in target.chain]
 
 
+def kept_masses(target: Target) -> list | None:
+    """Under the ``magnitude`` / ``lamp`` tie-breaks, one :func:`~planner.allocation.scoring.kept_mass`
+    array per chain layer (chain order; a frozen layer counts nothing, it never changes), else None."""
+    r = target.request
+    if r.tie_break not in WEIGHT_TIE_BREAKS:
+        return None
+    return [np.zeros(w.size + 1) if w.frozen else kept_mass(r.weights[w.name], r.tie_break) for w in target.chain]
+
+
+def tie_inputs(target: Target) -> dict:
+    """What the target's tie-break compares plans by, as scorer keyword arguments."""
+    return {"prior": prior_keeps(target), "mass": kept_masses(target)}
+
+
 def keep_scorer(target: Target, cache: RankCache | None = None) -> KeepScorer:
     r = target.request
     return KeepScorer([w.geometry for w in target.chain], target.input_dim, r.rank_model, r.seed, cache,
-                      r.tie_break, prior_keeps(target))
+                      r.tie_break, **tie_inputs(target))
 
 
 def _uniform_keeps(target: Target) -> list[int]:
@@ -192,7 +208,7 @@ def allocate(target: Target, built: Built, *, cache: RankCache | None = None, wo
     keep-counts around the result (unless ``integer="off"``), and fall back to the uniform plan
     if the result is below it in exact bound."""
     r, chain, problem = target.request, target.chain, built.problem
-    scorer = Scorer(problem, built.cands, built.grid, r.rank_model, r.seed, cache, r.tie_break, prior_keeps(target))
+    scorer = Scorer(problem, built.cands, built.grid, r.rank_model, r.seed, cache, r.tie_break, **tie_inputs(target))
     result, certificate = solve(problem, solver=r.solver, uniform_choice=built.uniform_choice,
                                 time_limit=check_time_limit(r.time_limit), threads=r.threads, seed=r.seed,
                                 pool_size=r.pool_size, progress=progress)
@@ -370,6 +386,7 @@ def plan(
     patterns=None,
     max_latency: float | None = None,
     latency_table=None,
+    weights=None,
 ) -> Plan:
     """A per-layer sparsity plan maximizing the expected linear-region bound.
 
@@ -378,14 +395,17 @@ def plan(
     :class:`WeightLayer`, hidden ReLU chain marked ``in_bound``), and exactly one of ``density``
     (global kept fraction of the prunable weights) or ``keep`` (kept weights). The other
     arguments are the fields of :class:`PlanRequest` (``patterns``, ``max_latency`` and
-    ``latency_table``: a pattern-aware plan, :mod:`planner.allocation.patterns`). Raises :class:`InfeasibleError` when no
-    plan meets the budgets.
+    ``latency_table``: a pattern-aware plan, :mod:`planner.allocation.patterns`; ``weights``:
+    ``{layer name: array}`` for the ``magnitude`` / ``lamp`` tie-breaks, taken from the model
+    when ``arch`` is one). Raises :class:`InfeasibleError` when no plan meets the budgets.
     """
     if arch is not None and not isinstance(arch, (str, Architecture)) and hasattr(arch, "named_modules"):
-        from planner.pruning.model import model_layers
+        from planner.pruning.model import model_layers, model_weights
 
         found = model_layers(arch, input_shape, prune_output=prune_output)
         architecture_info = architecture_info or {"model": type(arch).__name__, "input_size": found.input_size}
+        if weights is None and tie_break in WEIGHT_TIE_BREAKS:
+            weights = model_weights(arch, list(found.layers))[0]
         layers, arch = list(found.layers), None
     request = PlanRequest.build(
         arch, layers=layers, prune_output=prune_output, architecture_info=architecture_info,
@@ -393,6 +413,6 @@ def plan(
         budgets=budgets, input_dim=input_dim, rank_model=rank_model, seed=seed, grid=grid, tie_break=tie_break,
         integer=integer, objective=objective, bound_floor=bound_floor, sensitivity=sensitivity,
         solver=solver, time_limit=time_limit, threads=threads, pool_size=pool_size,
-        patterns=patterns, max_latency=max_latency, latency_table=latency_table,
+        patterns=patterns, max_latency=max_latency, latency_table=latency_table, weights=weights,
     )
     return run(request, cache=cache, workers=workers, progress=progress)

@@ -111,7 +111,9 @@ class PlanRequest:
     - target: exactly one of ``density`` (kept fraction of the prunable weights) or ``keep``;
     - limits: ``min_density`` / ``max_density`` of every prunable layer;
     - budgets: ``max_flops`` and any further :class:`ExtraBudget`;
-    - objective: ``rank_model``, ``seed``, ``grid`` (candidates per layer), ``tie_break``,
+    - objective: ``rank_model``, ``seed``, ``grid`` (candidates per layer), ``tie_break``
+      (``magnitude`` and ``lamp`` rank the trained ``weights``: a mapping from layer name to
+      its weight array, every chain layer included),
       ``integer`` (the search on integer keep-counts after the grid, one of INTEGER_SEARCHES);
     - second criteria: ``objective`` (``bound`` or ``sensitivity``: the summed loss increase of
       the :class:`~planner.allocation.sensitivity.SensitivityTable` ``sensitivity``) and
@@ -150,6 +152,7 @@ class PlanRequest:
     patterns: object = None
     max_latency: float | None = None
     latency_table: object = None
+    weights: object = None  # {layer name: array}, for the magnitude / lamp tie-breaks
 
     @property
     def pattern_aware(self) -> bool:
@@ -220,6 +223,25 @@ class Target:
             sum(self.uniform[w.name] * e.cost.get(w.name, 0) for w in self.prunable) <= e.limit for e in self.extras)
 
 
+def _check_tie_weights(r: PlanRequest) -> None:
+    """The magnitude / lamp tie-breaks rank trained weights: every prunable layer's array, of
+    its size."""
+    if r.weights is None:
+        raise ProblemError(f"tie-break {r.tie_break} ranks trained weights: give the model's weights "
+                           "(plan --model M:F [--weights W])")
+    import numpy as np
+
+    for w in r.layers:
+        if w.frozen:
+            continue
+        if w.name not in r.weights:
+            raise ProblemError(f"tie-break {r.tie_break}: no weights given for layer {w.name}")
+        size = np.asarray(r.weights[w.name]).size
+        if size != w.size:
+            raise ProblemError(f"tie-break {r.tie_break}: layer {w.name} has {w.size} weights, "
+                               f"the array given has {size}")
+
+
 def validate(request: PlanRequest) -> Target:
     """Step 1: check the request and resolve it into whole keep-counts and limits.
 
@@ -231,6 +253,8 @@ def validate(request: PlanRequest) -> Target:
         raise RankModelError(f"unknown rank model {r.rank_model!r}; choose one of {', '.join(RANK_MODELS)}")
     if r.tie_break not in TIE_BREAKS:
         raise PlannerError(f"unknown tie-break {r.tie_break!r}; choose one of {', '.join(TIE_BREAKS)}")
+    if r.tie_break in ("magnitude", "lamp"):
+        _check_tie_weights(r)
     from solvers import REGISTRY
 
     if r.solver not in REGISTRY and r.solver != PAPER_SOLVER:

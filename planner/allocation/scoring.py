@@ -4,7 +4,9 @@ Under ``robust`` (the default) two plans compare by their exact log2 bound and, 
 round to the same 0.01 bits, by the bound with every density halved, quartered, ... seven
 times. ``robust-analytic`` scores the halved levels with the analytic rank model;
 ``prior:uniform`` and ``prior:erk`` prefer, among plans of equal bound, the one closest to that
-allocation (:meth:`TieBreak.prior_distance`); ``none`` compares the exact bound alone, at full
+allocation (:meth:`TieBreak.prior_distance`); ``magnitude`` and ``lamp`` prefer the one that keeps
+the most of the trained weights (:func:`kept_mass`: the layers' retained shares of squared
+magnitude, or their LAMP score mass); ``none`` compares the exact bound alone, at full
 precision. Grid choices are scored by :class:`Scorer`, integer plans by :class:`KeepScorer`; a
 new tie-break is a level of :class:`TieBreak` and a name in
 :data:`planner.allocation.TIE_BREAKS`.
@@ -15,6 +17,8 @@ from __future__ import annotations
 import math
 
 from collections import OrderedDict
+
+import numpy as np
 
 from planner.core.bound import LN2, input_dims, layer_log_r, log_bound
 from planner.core.conv import as_geometry, layer_distribution
@@ -28,22 +32,63 @@ ROBUST_LEVELS = 8  # B(p), B(p/2), ..., B(p/2^7)
 TIE_RESOLUTION_BITS = 0.01
 #: suffix vectors of the halved levels kept for reuse (each at most d0 + 1 floats)
 SUFFIX_MEMO = 4096
+#: tie-breaks that rank a plan by the trained weights it keeps (they need the model's weights)
+WEIGHT_TIE_BREAKS = ("magnitude", "lamp")
+
+
+def kept_mass(weights, criterion: str) -> np.ndarray:
+    """What a layer keeps of its trained weights when magnitude pruning leaves its ``k`` largest
+    entries: element ``k`` of the returned array (length size + 1, 0 at k = 0).
+
+    ``magnitude``: the retained share of the layer's squared magnitude, sum of the ``k``
+    largest w^2 over sum of all w^2 (1 when dense; a layer of zeros counts as kept whole).
+    ``lamp``: the sum of the ``k`` largest LAMP scores (Lee et al. 2021), where with the
+    entries sorted by ascending w^2 the score of entry i is w_i^2 / sum_{j >= i} w_j^2. LAMP
+    scores are ordered as the magnitudes are, so both masses belong to the same mask.
+    Either is at most 1 per layer for ``magnitude`` and grows like ln k for ``lamp``."""
+    sq = np.sort(np.square(np.asarray(weights, dtype=np.float64).ravel()))  # ascending
+    if criterion == "magnitude":
+        total = sq.sum()
+        desc = sq[::-1] / total if total > 0 else np.full(sq.size, 1.0 / max(sq.size, 1))
+    elif criterion == "lamp":
+        from planner.allocation.baselines import lamp_scores
+
+        desc = np.sort(lamp_scores(np.asarray(weights, dtype=np.float64).ravel()))[::-1]
+    else:
+        raise ValueError(f"unknown weight criterion {criterion!r}; choose one of {', '.join(WEIGHT_TIE_BREAKS)}")
+    return np.concatenate([[0.0], np.cumsum(desc)])
 
 
 class TieBreak:
     """The ordering shared by every scorer: the exact bound (level 0) in 0.01-bit steps (``none``
     compares the exact bound itself), then under ``robust*`` the bound with every density
-    halved ``i`` times (levels 1..7), or under ``prior:*`` the distance to the prior (level 1).
+    halved ``i`` times (levels 1..7), under ``prior:*`` the distance to the prior (level 1), or
+    under ``magnitude`` / ``lamp`` the kept mass of the trained weights (level 1, ``mass``: one
+    :func:`kept_mass` array per chain layer).
     Subclasses say what a plan is (:meth:`_exact`, :meth:`_keeps`) and which distributions its
     halved levels use (:meth:`_halved`)."""
 
-    def __init__(self, rank_model="sampled", seed=0, cache=None, tie_break="none", prior=None):
+    def __init__(self, rank_model="sampled", seed=0, cache=None, tie_break="none", prior=None, mass=None):
         self.rank_model, self.seed, self.cache, self.tie_break = rank_model, seed, cache, tie_break
         self._levels: dict[tuple, list[float]] = {}
         self.prior = None if prior is None else [int(k) for k in prior]
+        self.mass = None if mass is None else [np.asarray(m, dtype=np.float64) for m in mass]
         self.by_prior = tie_break.startswith("prior:")
+        self.by_mass = tie_break in WEIGHT_TIE_BREAKS
         if self.by_prior and self.prior is None:
             raise ValueError(f"tie-break {tie_break} needs the prior allocation")
+        if self.by_mass and self.mass is None:
+            raise ValueError(f"tie-break {tie_break} needs the kept mass of every chain layer")
+
+    @property
+    def one_level(self) -> bool:
+        """Is the tie-break a single, free level (a prior's distance or the kept mass) rather
+        than the halved bounds?"""
+        return self.by_prior or self.by_mass
+
+    def kept(self, key: tuple) -> float:
+        """The kept mass of a plan: sum over chain layers of ``mass_l[keep_l]``."""
+        return float(sum(m[int(k)] for m, k in zip(self.mass, self._keeps(key))))
 
     def _keeps(self, key: tuple) -> list[int]:
         """The keep-counts of a plan (chain order)."""
@@ -80,6 +125,8 @@ class TieBreak:
     def level(self, key: tuple, i: int) -> float:
         if i >= 1 and self.by_prior:
             return -self.prior_distance(key)
+        if i >= 1 and self.by_mass:
+            return self.kept(key)
         levels = self._levels.setdefault(key, [])
         while len(levels) <= i:
             levels.append(self._exact(key) if not levels else self._halved(key, len(levels)))
@@ -98,7 +145,7 @@ class TieBreak:
         if a == b:
             return False
         if levels is None:
-            if self.by_prior:
+            if self.one_level:
                 levels = 2
             else:
                 levels = ROBUST_LEVELS if self._uses_levels() else 1
@@ -110,11 +157,11 @@ class TieBreak:
 
     def better_within_floor(self, a: tuple, b: tuple) -> bool:
         """Under a bound floor the bound is a constraint: is ``a`` better than ``b`` on the
-        tie-break's own levels (distance to the prior, or the halved bounds), then on the
-        bound? Under ``none``, on the bound alone."""
+        tie-break's own levels (distance to the prior, kept mass, or the halved bounds), then on
+        the bound? Under ``none``, on the bound alone."""
         if self.tie_break == "none":
             return self.level(a, 0) > self.level(b, 0)
-        for i in [*range(1, 2 if self.by_prior else ROBUST_LEVELS), 0]:
+        for i in [*range(1, 2 if self.one_level else ROBUST_LEVELS), 0]:
             ra, rb = self._step_level(a, i), self._step_level(b, i)
             if ra != rb:
                 return ra > rb
@@ -127,8 +174,8 @@ class TieBreak:
 
     def _step_level(self, key: tuple, i: int):
         value = self.level(key, i)
-        if i >= 1 and self.by_prior:
-            return round(value, 9)  # distances equal up to float noise tie
+        if i >= 1 and self.one_level:
+            return round(value, 9)  # distances (masses) equal up to float noise tie
         return self.step(value)
 
 
@@ -137,8 +184,8 @@ class Scorer(TieBreak):
     tie-break levels B(p / 2^i), computed lazily and shared between plans."""
 
     def __init__(self, problem, cands=None, grid=None, rank_model="sampled", seed=0, cache=None,
-                 tie_break="none", prior=None):
-        super().__init__(rank_model, seed, cache, tie_break, prior)
+                 tie_break="none", prior=None, mass=None):
+        super().__init__(rank_model, seed, cache, tie_break, prior, mass)
         self.problem, self.cands, self.grid = problem, cands, grid
 
     def _keeps(self, choice):
@@ -190,8 +237,8 @@ class KeepScorer(TieBreak):
     ``shapes`` are (rows, cols) pairs or layer geometries (planner.core.conv)."""
 
     def __init__(self, shapes, input_dim, rank_model="sampled", seed=0, cache=None, tie_break="none",
-                 prior=None):
-        super().__init__(rank_model, seed, cache, tie_break, prior)
+                 prior=None, mass=None):
+        super().__init__(rank_model, seed, cache, tie_break, prior, mass)
         self.geometries = [as_geometry(s) for s in shapes]
         self.shapes, self.input_dim = [(g.rows, g.cols) for g in self.geometries], int(input_dim)
         self.widths = [g.hyperplanes for g in self.geometries]

@@ -142,14 +142,14 @@ def choose_floor(target: Target, built, floor: BoundFloor, kscorer=None, *, cach
     ``floor`` of the best, the tie-break's choice (then the higher bound, then the
     lexicographically smallest). Returns ``(keeps, best_bits, floor_bits)``."""
     from planner.allocation.integer import _prefetch_pairs
-    from planner.allocation.pipeline import keep_scorer, prior_keeps
+    from planner.allocation.pipeline import keep_scorer, tie_inputs
     from planner.allocation.scoring import Scorer
 
     r, chain, problem = target.request, target.chain, built.problem
     # the floor is on the plan file's bound (every layer at keep / size: ``KeepScorer``); the
     # robust levels come from the grid (``Scorer``: halved plans are grid plans)
     kscorer = kscorer or keep_scorer(target, cache)
-    scorer = Scorer(problem, built.cands, built.grid, r.rank_model, r.seed, cache, r.tie_break, prior_keeps(target))
+    scorer = Scorer(problem, built.cands, built.grid, r.rank_model, r.seed, cache, r.tie_break, **tie_inputs(target))
     decision = [i for i, w in enumerate(chain) if not w.frozen]
     lists = [list(layer.keeps) for layer in problem.layers]
     index = [{k: j for j, k in enumerate(ks)} for ks in lists]

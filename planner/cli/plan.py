@@ -53,7 +53,9 @@ DATA_OPTIONS = ("calibration", "labels", "dataset", "data_dir", "samples")
 @click.option("--max-flops", type=click.IntRange(min=1), default=None,
               help="Cap on multiply-accumulates per sample of the prunable layers (conv: per output position).")
 @click.option("--tie-break", type=click.Choice(TIE_BREAKS), default="robust", show_default=True,
-              help="How plans with equal bounds are ordered.")
+              help="How plans with equal bounds are ordered: robust (the bound at halved densities), "
+                   "prior:uniform / prior:erk (closest to that allocation), magnitude / lamp (most kept "
+                   "squared magnitude / LAMP score mass of the --model's weights), none.")
 @click.option("--integer", type=click.Choice(INTEGER_SEARCHES), default="auto", show_default=True,
               help="Search integer keep-counts after the grid: auto scores every integer plan when there "
                    "are few, else searches locally; local; off keeps the grid plan.")
@@ -183,8 +185,11 @@ def plan_command(arch, model_spec, weights, input_shape, strategy, prune_output,
         from planner.allocation.pipeline import run
         from planner.allocation.request import PlanRequest
 
+        if o["tie_break"] in ("magnitude", "lamp") and weight_arrays is None:
+            raise click.UsageError(f"--tie-break {o['tie_break']} ranks trained weights: give --model (and --weights)")
         request = PlanRequest.build(net, layers=layers, prune_output=prune_output, architecture_info=info,
                                     sensitivity=table_, patterns=patterns, latency_table=latency_table,
+                                    weights=weight_arrays,
                                     **{k: o[k] for k in REQUEST_OPTIONS})
         with progress_bars(not as_json) as progress:
             result = run(request, cache=cache, workers=workers, progress=progress)

@@ -181,7 +181,8 @@ def _check_seeds(seeds) -> list[int]:
 def strategy_plan(strategy: str, arch, density: float, *, seed: int, rank_model: str = "sampled",
                   weights=None, cache=None, workers: int | None = None, model=None, calibration=None):
     """The plan of one strategy at one global density (output layer frozen dense).
-    ``lr-bound:sensitivity`` measures the dense ``model`` on ``calibration`` (inputs, labels)."""
+    ``lr-bound:sensitivity`` measures the dense ``model`` on ``calibration`` (inputs, labels);
+    ``lr-bound:magnitude`` / ``lr-bound:lamp`` rank the dense ``weights``."""
     from planner.allocation.pipeline import plan as make_plan
     from planner.allocation.baselines import baseline_plan
 
@@ -192,6 +193,10 @@ def strategy_plan(strategy: str, arch, density: float, *, seed: int, rank_model:
             if model is None or calibration is None:
                 raise ExperimentError(f"{strategy} needs the dense model and a calibration set")
             options["sensitivity"] = _sensitivity_table(model, calibration, density, arch, cache)
+        if options.get("tie_break") in ("magnitude", "lamp"):
+            if weights is None:
+                raise ExperimentError(f"{strategy} ranks the dense model's trained weights: none were given")
+            options["weights"] = weights
         return make_plan(arch, density=density, rank_model=rank_model, seed=seed, cache=cache, workers=workers,
                          **options)
     return baseline_plan(kind, arch, density=density, weights=weights, rank_model=rank_model, seed=seed,

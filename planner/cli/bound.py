@@ -88,7 +88,7 @@ def _model_bound(model_spec, weights, input_shape, density, rank_model, input_di
     from planner.pruning.model import model_layers
 
     model = load_model(model_spec, weights)
-    shape = parse_shape(input_shape)
+    shape = parse_shape(input_shape) or getattr(model, "input_shape", None)  # an architecture file's
     found = model_layers(model, shape)
     chain = [w for w in found.layers if w.in_bound]
     if not chain:

@@ -176,7 +176,8 @@ rank_options = [
 
 model_options = [
     click.option("--model", "model_spec", default=None,
-                 help="package.module:factory returning an nn.Module (e.g. examples.models:lenet5)."),
+                 help="package.module:factory returning an nn.Module (e.g. examples.models:lenet5), or an "
+                      "architecture file (.yaml/.json, e.g. examples/archs/lenet5.yaml; docs/cli.md)."),
     click.option("--model-kwargs", default=None, expose_value=False, callback=_model_kwargs, is_eager=False,
                  help='Keyword arguments of the factory as a JSON object, e.g. \'{"num_classes": 100}\'.'),
     click.option("--weights", type=click.Path(dir_okay=False), default=None,

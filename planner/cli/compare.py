@@ -32,8 +32,9 @@ def _parse_densities(text: str) -> list[float]:
 @click.option("--arch", default=DEFAULT_ARCH, show_default=True,
               help="MLP sizes input,hidden...,output; the input size must match the dataset.")
 @click.option("--model", "model_spec", default=None, metavar="M:F",
-              help="A model factory package.module:factory instead of --arch (e.g. examples.models:digits_cnn): "
-                   "its Linear and Conv2d layers are planned, pruned and fine-tuned.")
+              help="A model factory package.module:factory instead of --arch (e.g. examples.models:digits_cnn), "
+                   "or an architecture file (e.g. examples/archs/digits_cnn.yaml): its Linear and Conv2d layers "
+                   "are planned, pruned and fine-tuned.")
 @click.option("--model-kwargs", default=None, metavar="JSON",
               help="Keyword arguments of the --model factory, a JSON object.")
 @click.option("--input-shape", default=None, metavar="C,H,W",

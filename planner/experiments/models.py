@@ -38,6 +38,10 @@ def _factory_takes_seed(spec: str) -> bool:
     import inspect
     import pkgutil
 
+    from planner.pruning.archfile import is_arch_file
+
+    if is_arch_file(spec):
+        return True
     try:
         factory = pkgutil.resolve_name(spec)
         return "seed" in inspect.signature(factory).parameters
@@ -78,6 +82,8 @@ def check_model(spec: str, kwargs: dict | None, dataset: str, features: int, cla
     if kwargs is not None and not isinstance(kwargs, dict):
         raise ExperimentError(f"model kwargs must be a JSON object, got {type(kwargs).__name__}")
     model = build_model(spec, kwargs, 0)
+    if input_shape is None and getattr(model, "input_shape", None) is not None:
+        input_shape = model.input_shape  # an architecture file's
     if input_shape is None:
         has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
         image = IMAGE_SHAPES.get(dataset)

@@ -26,6 +26,25 @@ def _user_code_error(what: str, exc: BaseException) -> ModelError:
     return ModelError(f"{what} raised {type(exc).__name__}" + (f": {detail}" if detail else ""))
 
 
+def _from_arch_file(path: str, kwargs: dict | None):
+    """An architecture file's model (see :mod:`planner.pruning.archfile`), its weights drawn
+    under ``torch.manual_seed(seed)`` (``seed`` the only keyword it takes; default 0), as the
+    example factories do."""
+    import torch
+
+    from planner.pruning import archfile
+
+    kwargs = dict(kwargs or {})
+    seed = kwargs.pop("seed", 0)
+    if kwargs:
+        raise ModelError(f"an architecture file takes no --model-kwargs but seed, got {sorted(kwargs)}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ModelError(f"seed must be a non-negative integer, got {seed!r}")
+    data = archfile.read(path)
+    torch.manual_seed(seed)
+    return archfile.build(data, where=path)
+
+
 def load_factory(spec: str, kwargs: dict | None = None):
     """Resolve ``package.module:attr`` (the entry-point convention, by :func:`pkgutil.resolve_name`)
     and return the ``nn.Module`` it is or that calling it returns.
@@ -38,8 +57,13 @@ def load_factory(spec: str, kwargs: dict | None = None):
 
     import torch.nn as nn
 
+    from planner.pruning import archfile
+
+    if archfile.is_arch_file(spec):
+        return _from_arch_file(spec, kwargs)
     if not isinstance(spec, str) or not _SPEC.fullmatch(spec):
-        raise ModelError(f"--model takes package.module:factory (dotted names, no paths), got {spec!r}")
+        raise ModelError("--model takes package.module:factory (dotted names) or an architecture file "
+                         f"(.yaml, .yml, .json), got {spec!r}")
     module_name = spec.split(":")[0]
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -130,6 +154,8 @@ def _infer_example_input(model, input_shape: Sequence[int] | None):
     import torch
     import torch.nn as nn
 
+    if input_shape is None:
+        input_shape = getattr(model, "input_shape", None)  # an architecture file's model carries it
     if input_shape is not None:
         return torch.zeros((1, *input_shape))
     for module in model.modules():

@@ -195,3 +195,26 @@ def test_cli_plans_a_model_by_its_weights(tmp_path, capsys):
     assert out["magnitude"]["objective"]["tie_break"] == "magnitude"
     fc1 = {tb: next(layer["keep"] for layer in o["layers"] if layer["name"] == "fc1") for tb, o in out.items()}
     assert fc1["magnitude"] < fc1["prior:uniform"]
+
+
+def test_floor_guard_counts_the_combinations_within_the_budget():
+    """The bound floor's size guard counts what it will score (combinations within the weight
+    budget), checked against enumerating the product, so a deep chain at a low density is not
+    refused for combinations the budget rules out."""
+    import itertools
+    import random
+
+    from planner.allocation.secondary import FLOOR_MAX_COMBINATIONS, within_budget
+
+    rng = random.Random(1)
+    for _ in range(300):
+        n = rng.randint(1, 4)
+        lists = [sorted(rng.sample(range(1, 40), rng.randint(1, 6))) for _ in range(n)]
+        decision = [i for i in range(n) if rng.random() < 0.8]
+        limit = rng.randint(0, 100)
+        brute = sum(1 for c in itertools.product(*lists) if sum(c[i] for i in decision) <= limit)
+        assert within_budget(lists, decision, limit) == brute, (lists, decision, limit)
+    wide = [list(range(1, 1001))] * 3  # 10^9 combinations, most of them far over the budget
+    assert within_budget(wide, [0, 1, 2], 60) == sum(1 for a in range(1, 59) for b in range(1, 60 - a)
+                                                     for c in range(1, 61 - a - b))
+    assert within_budget(wide, [0, 1, 2], 10 ** 6) > FLOOR_MAX_COMBINATIONS

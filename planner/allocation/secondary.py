@@ -68,16 +68,41 @@ class BoundFloor:
         return f"{self.value * 100:g}%" if self.relative else f"{self.value:g} bits"
 
 
+def within_budget(lists, decision, limit: int) -> int:
+    """How many chain combinations keep at most ``limit`` weights in the decision layers (an
+    upper bound on what :func:`chain_bounds` scores: further budgets only remove more). Counted
+    by the sums the layers can reach, so it costs the distinct partial sums, not the product.
+    Past FLOOR_MAX_COMBINATIONS distinct sums it stops and returns their number (each sum is at
+    least one combination, so the count is over the limit too)."""
+    dec = set(decision)
+    # the least the layers after i must still spend: a partial sum kept has a completion
+    rest = [sum(min(lists[j]) for j in range(i + 1, len(lists)) if j in dec) for i in range(len(lists))]
+    sums = {0: 1}
+    for i, ks in enumerate(lists):
+        if i not in dec:
+            sums = {t: c * len(ks) for t, c in sums.items()}
+            continue
+        nxt: dict[int, int] = {}
+        for t, c in sums.items():
+            for k in ks:
+                if t + k + rest[i] <= limit:
+                    nxt[t + k] = nxt.get(t + k, 0) + c
+        sums = nxt
+        if len(sums) > FLOOR_MAX_COMBINATIONS:
+            return len(sums)
+    return sum(sums.values())
+
+
 def chain_bounds(widths, input_dim: int, lists, dist, decision, limit: int, extras=(), progress=None, caps=None):
     """{keeps tuple: log2 bound} of every chain combination (``lists[i]`` the keep-counts of
     layer ``i``, ``dist(i, j)`` the distribution of its ``j``-th) whose decision layers keep at
     most ``limit`` weights and meet every further budget (``extras``: (per-layer costs, limit)).
     Suffixes of the recurrence are shared, so each combination costs one layer step."""
     n = len(lists)
-    count = math.prod(len(ks) for ks in lists)
+    count = within_budget(lists, decision, limit)
     if count > FLOOR_MAX_COMBINATIONS:
-        raise LimitError(f"a bound floor scores every combination of the chain's candidates: {count} here, "
-                         f"above {FLOOR_MAX_COMBINATIONS}; give a coarser --grid")
+        raise LimitError(f"a bound floor scores every combination of the chain's candidates within the weight "
+                         f"budget: {count} here, above {FLOOR_MAX_COMBINATIONS}; give a coarser --grid")
     dims = input_dims(widths, input_dim, caps)
     dec = set(decision)
     # the least the layers before i can spend, to prune suffixes that already overspend

@@ -218,3 +218,73 @@ def test_floor_guard_counts_the_combinations_within_the_budget():
     assert within_budget(wide, [0, 1, 2], 60) == sum(1 for a in range(1, 59) for b in range(1, 60 - a)
                                                      for c in range(1, 61 - a - b))
     assert within_budget(wide, [0, 1, 2], 10 ** 6) > FLOOR_MAX_COMBINATIONS
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_tie_break_optimum_is_the_most_mass_any_split_keeps(seed):
+    """The greedy optimum of the kept mass (within every layer's limits) against every split of
+    the budget enumerated, on tiny chains with min/max densities."""
+    from planner.allocation.request import PlanRequest, validate
+    from planner.allocation.secondary import tie_break_optimum
+
+    rng = random.Random(7300 + seed)
+    arch, weights, sizes = random_instance(rng)
+    tie_break = rng.choice(["magnitude", "lamp"])
+    total = rng.randint(len(sizes) + 1, min(60, sum(sizes) - 1))
+    limits = dict(min_density=rng.choice([None, 0.05]), max_density=rng.choice([None, 0.6, 0.9]))
+    request = PlanRequest.build(arch, keep=total, tie_break=tie_break, rank_model="analytic", weights=weights, **limits)
+    target = validate(request)
+    got = tie_break_optimum(target)
+    masses = [kept_mass(weights[f"fc{i + 1}"], tie_break) for i in range(len(sizes))]
+    lo = [target.min_keep[w.name] or 1 for w in target.chain]
+    hi = [min(target.max_keep[w.name], w.size) for w in target.chain]
+    feasible = [c for c in splits(total, sizes) if all(a <= k <= b for k, a, b in zip(c, lo, hi))]
+    best = max(sum(m[k] for m, k in zip(masses, c)) for c in feasible)
+    assert sum(got) == total and all(a <= k <= b for k, a, b in zip(got, lo, hi))
+    assert sum(m[k] for m, k in zip(masses, got)) == pytest.approx(best, abs=1e-12)
+
+
+@pytest.mark.parametrize("tie_break", ["lamp", "prior:erk", "prior:uniform"])
+def test_a_wide_floor_returns_the_tie_breaks_own_plan(tie_break):
+    """When the baseline a tie-break stands for (LAMP's global top-k, ERK, uniform: computed by
+    planner.allocation.baselines, not the floor code) keeps the floor, the floor plan is that
+    baseline, weight for weight, not the nearest grid plan."""
+    from planner.allocation.baselines import baseline_plan
+
+    nrng = np.random.default_rng(5)
+    weights = {"fc1": nrng.normal(size=(20, 64)) * 0.1, "fc2": nrng.normal(size=(20, 20)) * 2.0,
+               "fc3": nrng.normal(size=(10, 20))}
+    p = plan("64,20,20,10", density=0.07, tie_break=tie_break, bound_floor="30%", rank_model="analytic", grid=12,
+             weights=weights if tie_break == "lamp" else None, cache=CACHE)
+    base = baseline_plan(tie_break.removeprefix("prior:"), "64,20,20,10", density=0.07, weights=weights,
+                         rank_model="analytic", cache=CACHE)
+    assert [layer.keep for layer in p.layers] == [layer.keep for layer in base.layers]
+    assert p.objective["log2_bound"] >= p.objective["floor_log2_bound"] - 1e-6
+    if tie_break == "prior:uniform":
+        return  # the uniform plan is on the grid (its first candidate)
+    # off the grid: the grid alone could not give the baseline
+    from planner.allocation.grid import candidates
+    from planner.allocation.request import PlanRequest, validate
+
+    target = validate(PlanRequest.build("64,20,20,10", density=0.07, grid=12))
+    _, cands = candidates(target)
+    assert any(layer.keep not in {c.keep for c in cs} for layer, cs in zip(p.layers, cands) if not layer.frozen)
+
+
+def test_a_tight_floor_keeps_the_floor_instead_of_the_baseline():
+    """A layer whose energy sits in 4 weights: LAMP's plan keeps just those 4 and loses about 15
+    bits; with a 0.5-bit floor the off-grid optimum is refused and the plan gives that layer
+    more weights, keeping the floor."""
+    from planner.allocation.baselines import baseline_plan
+
+    nrng = np.random.default_rng(5)
+    fc2 = nrng.normal(size=(40, 40)) * 1e-3
+    fc2.flat[:4] = 3.0
+    weights = {"fc1": nrng.normal(size=(40, 64)), "fc2": fc2, "fc3": nrng.normal(size=(10, 40))}
+    base = baseline_plan("lamp", "64,40,40,10", weights=weights, density=0.02, rank_model="analytic", cache=CACHE)
+    p = plan("64,40,40,10", tie_break="lamp", bound_floor="0.5", weights=weights, density=0.02,
+             rank_model="analytic", grid=12, cache=CACHE)
+    assert base.layers[1].keep == 4
+    assert base.objective["log2_bound"] < p.objective["floor_log2_bound"] - 10
+    assert p.objective["log2_bound"] >= p.objective["floor_log2_bound"] - 1e-6
+    assert p.layers[1].keep > 4 * base.layers[1].keep

@@ -6,8 +6,11 @@ Bound floor, objective ``bound``
     (suffixes shared, as in the exhaustive integer search); those within the floor of the best
     of them (``X`` bits, or ``X%`` of its log2 value) are kept, and among them the tie-break
     decides: the one nearest the prior under ``prior:*``, the most robust under ``robust*``,
-    the highest bound under ``none``. The left-over weights are then handed out as usual. The
-    uniform plan is no floor here: the user's tolerance is.
+    the highest bound under ``none``, the most kept mass under ``magnitude`` / ``lamp``. The
+    left-over weights are then handed out as usual. Off the grid, the tie-break's own optimum
+    (the prior itself; the most mass the budget allows, LAMP's top-k under ``lamp``) replaces
+    that plan when it keeps the floor: nothing can beat it then. The uniform plan is no floor
+    here: the user's tolerance is.
 
 Objective ``sensitivity``
     Every prunable layer (in the bound or not) chooses among its measured keep-counts (and the
@@ -141,6 +144,7 @@ def allocate_floor(target: Target, built, floor: BoundFloor, kscorer=None, *, ca
     plan :func:`choose_floor` picks, with the left-over weights handed out. ``kscorer`` is the
     target's :class:`KeepScorer` (made here when not given). Returns ``(keeps, best_bits,
     floor_bits)``: the best grid plan's bound and the floor it set."""
+    from planner.allocation.integer import integer_space
     from planner.allocation.pipeline import keep_scorer
     from planner.allocation.search import fill
 
@@ -158,7 +162,53 @@ def allocate_floor(target: Target, built, floor: BoundFloor, kscorer=None, *, ca
                       for j, v in enumerate(chain) if not v.frozen}
             ways.append(fill(problem, list(chosen), chain, extras, only_i))
     keeps = next((k for k in ways if kscorer.exact(tuple(k)) >= floor_bits - 1e-9), list(chosen))
+    # the tie-break's own optimum off the grid (the prior, LAMP's top-k) when it keeps the floor:
+    # then it is the best integer plan under the floor, not only the best grid plan
+    free = tie_break_optimum(target)
+    if free is not None and integer_space(target).feasible(free) and \
+            kscorer.exact(tuple(free)) >= floor_bits - 1e-9 and kscorer.better_within_floor(tuple(free), tuple(keeps)):
+        keeps = [int(k) for k in free]
     return keeps, best, floor_bits
+
+
+def tie_break_optimum(target: Target) -> list[int] | None:
+    """The integer plan the tie-break alone prefers, the bound aside (chain order, a frozen layer
+    at its size), or None when there is none: the prior itself under ``prior:*`` (distance 0),
+    and under ``magnitude`` / ``lamp`` the most kept mass the weight budget allows within the
+    layers' limits. Each layer's mass is concave in its keep-count (it adds the layer's entries
+    largest first), so taking the largest increments across layers greedily is optimal: under
+    ``lamp`` this is LAMP's own global top-k on the chain. Under ``robust*`` and ``none`` the
+    levels are bounds themselves and there is nothing to add."""
+    import numpy as np
+
+    from planner.allocation.integer import integer_space
+    from planner.allocation.pipeline import kept_masses, prior_keeps
+    from planner.allocation.scoring import WEIGHT_TIE_BREAKS
+
+    r = target.request
+    if r.tie_break.startswith("prior:"):
+        return prior_keeps(target)
+    if r.tie_break not in WEIGHT_TIE_BREAKS:
+        return None
+    space = integer_space(target)
+    masses = kept_masses(target)
+    keeps = list(space.lo)
+    left = space.budget - sum(space.lo[i] for i in space.decision)
+    if left < 0:
+        return None
+    gains, owner = [], []
+    for i in space.decision:
+        m = masses[i]
+        gains.append(np.diff(m[space.lo[i]:space.hi[i] + 1]))
+        owner.append(np.full(space.hi[i] - space.lo[i], i))
+    if not gains:
+        return keeps
+    gains_all, owner_all = np.concatenate(gains), np.concatenate(owner)
+    # largest gains first; among equal gains the earlier layer, then its earlier entry (stable)
+    taken = np.argsort(-gains_all, kind="stable")[:left]
+    for i, n in zip(*np.unique(owner_all[taken], return_counts=True)):
+        keeps[int(i)] += int(n)
+    return keeps
 
 
 def choose_floor(target: Target, built, floor: BoundFloor, kscorer=None, *, cache=None, workers=None,

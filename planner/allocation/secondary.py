@@ -164,23 +164,26 @@ def allocate_floor(target: Target, built, floor: BoundFloor, kscorer=None, *, ca
     keeps = next((k for k in ways if kscorer.exact(tuple(k)) >= floor_bits - 1e-9), list(chosen))
     # the tie-break's own optimum off the grid (the prior, LAMP's top-k) when it keeps the floor:
     # then it is the best integer plan under the floor, not only the best grid plan
-    free = tie_break_optimum(target)
-    if free is not None and integer_space(target).feasible(free) and \
+    space = integer_space(target)
+    free = tie_break_optimum(target, space)
+    if free is not None and space.feasible(free) and \
             kscorer.exact(tuple(free)) >= floor_bits - 1e-9 and kscorer.better_within_floor(tuple(free), tuple(keeps)):
         keeps = [int(k) for k in free]
     return keeps, best, floor_bits
 
 
-def tie_break_optimum(target: Target) -> list[int] | None:
+def tie_break_optimum(target: Target, space=None) -> list[int] | None:
     """The integer plan the tie-break alone prefers, the bound aside (chain order, a frozen layer
     at its size), or None when there is none: the prior itself under ``prior:*`` (distance 0),
     and under ``magnitude`` / ``lamp`` the most kept mass the weight budget allows within the
-    layers' limits. Each layer's mass is concave in its keep-count (it adds the layer's entries
-    largest first), so taking the largest increments across layers greedily is optimal: under
-    ``lamp`` this is LAMP's own global top-k on the chain. Under ``robust*`` and ``none`` the
-    levels are bounds themselves and there is nothing to add."""
+    layers' limits (``space``: the target's :class:`~planner.allocation.integer.IntegerSpace`,
+    made here when not given). Each layer's mass is concave in its keep-count (it adds the
+    layer's entries largest first), so taking the largest increments across layers greedily is
+    optimal: under ``lamp`` this is LAMP's own global top-k on the chain. Under ``robust*`` and
+    ``none`` the levels are bounds themselves and there is nothing to add."""
     import numpy as np
 
+    from planner.allocation.baselines import _top_k_global
     from planner.allocation.integer import integer_space
     from planner.allocation.pipeline import kept_masses, prior_keeps
     from planner.allocation.scoring import WEIGHT_TIE_BREAKS
@@ -190,24 +193,18 @@ def tie_break_optimum(target: Target) -> list[int] | None:
         return prior_keeps(target)
     if r.tie_break not in WEIGHT_TIE_BREAKS:
         return None
-    space = integer_space(target)
+    space = space or integer_space(target)
     masses = kept_masses(target)
     keeps = list(space.lo)
     left = space.budget - sum(space.lo[i] for i in space.decision)
     if left < 0:
         return None
-    gains, owner = [], []
-    for i in space.decision:
-        m = masses[i]
-        gains.append(np.diff(m[space.lo[i]:space.hi[i] + 1]))
-        owner.append(np.full(space.hi[i] - space.lo[i], i))
-    if not gains:
-        return keeps
-    gains_all, owner_all = np.concatenate(gains), np.concatenate(owner)
-    # largest gains first; among equal gains the earlier layer, then its earlier entry (stable)
-    taken = np.argsort(-gains_all, kind="stable")[:left]
-    for i, n in zip(*np.unique(owner_all[taken], return_counts=True)):
-        keeps[int(i)] += int(n)
+    # each layer's increments above its lowest keep-count, largest overall first (ties: the
+    # earlier layer, then its earlier entry)
+    gains = {i: np.diff(masses[i][space.lo[i]:space.hi[i] + 1]) for i in space.decision}
+    if gains:
+        for i, n in _top_k_global(gains, left).items():
+            keeps[i] += n
     return keeps
 
 

@@ -30,13 +30,14 @@ def test_plan_json_and_output_file(capsys, tmp_path):
 
 
 def test_plan_table(capsys):
-    code, out, _ = run(capsys, "plan", "--arch", "64,32,16,10", "--keep", "300", "--rank-model", "analytic")
+    code, out, _ = run(capsys, "plan", "--arch", "64,32,16,10", "--keep", "300", "--rank-model", "analytic",
+                       "--tie-break", "robust")
     assert code == 0
     assert "fc1" in out and "fc3" in out and "frozen" in out
     assert "kept 300 of 2560 prunable weights" in out
     assert "certificate" in out and "exhaustive (OPTIMAL" in out  # 299 integer plans: all scored
     code, out, _ = run(capsys, "plan", "--arch", "64,32,16,10", "--keep", "300", "--rank-model", "analytic",
-                       "--integer", "off")
+                       "--integer", "off", "--tie-break", "robust")
     assert code == 0 and "no plan on the grid exceeds" in out and "cpsat (OPTIMAL)" in out
 
 

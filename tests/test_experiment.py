@@ -139,7 +139,7 @@ def test_compare_cli_errors_are_one_line(capsys, args, message):
 
 
 def test_strategy_names():
-    assert parse_strategy("lr-bound") == ("lr-bound", "robust")
+    assert parse_strategy("lr-bound") == ("lr-bound", "auto")
     assert parse_strategy("lr-bound:robust-analytic") == ("lr-bound", "robust-analytic")
     assert parse_strategy("erk") == ("erk", None)
     with pytest.raises(ExperimentError):

@@ -339,8 +339,10 @@ def test_the_cache_returns_the_same_table_without_measuring(tmp_path, monkeypatc
 def test_planner_plan_reads_a_torch_model_like_plan_model():
     import examples.models as models
 
-    from_model = planner.plan(models.mlp((64, 20, 20, 10)), density=0.05, rank_model="analytic", cache=CACHE)
-    from_arch = planner.plan("64,20,20,10", density=0.05, rank_model="analytic", cache=CACHE)
+    # tie-break robust: the default ranks a model's own weights (auto: lamp), an arch has none
+    from_model = planner.plan(models.mlp((64, 20, 20, 10)), density=0.05, rank_model="analytic", tie_break="robust",
+                              cache=CACHE)
+    from_arch = planner.plan("64,20,20,10", density=0.05, rank_model="analytic", tie_break="robust", cache=CACHE)
     assert [layer.keep for layer in from_model.layers] == [layer.keep for layer in from_arch.layers]
 
 
@@ -397,7 +399,15 @@ def test_cli_refuses_bad_values_in_one_line(args, message, capsys):
 def test_compare_names_every_lr_bound_variant():
     from planner.experiments.compare import ExperimentError, lr_bound_options, parse_strategy, strategy_plan
 
-    assert lr_bound_options("lr-bound") == {"tie_break": "robust"}
+    assert lr_bound_options("lr-bound") == {"tie_break": "auto"}
+    # plain lr-bound is plan's default: with the dense model's weights, LAMP's allocation within 5%
+    w = {"fc1": np.ones((20, 64)), "fc2": np.ones((20, 20)), "fc3": np.ones((10, 20))}
+    plain = strategy_plan("lr-bound", planner.Architecture.parse("64,20,20,10"), 0.05, seed=0, rank_model="analytic",
+                          weights=w, cache=CACHE)
+    named = strategy_plan("lr-bound:lamp@5%", planner.Architecture.parse("64,20,20,10"), 0.05, seed=0,
+                          rank_model="analytic", weights=w, cache=CACHE)
+    assert plain.objective["tie_break"] == "lamp" and plain.objective["tie_break_requested"] == "auto"
+    assert [layer.keep for layer in plain.layers] == [layer.keep for layer in named.layers]
     assert lr_bound_options("lr-bound:prior:erk@2") == {"tie_break": "prior:erk", "bound_floor": "2"}
     assert lr_bound_options("lr-bound:sensitivity@5%") == {"objective": "sensitivity", "bound_floor": "5%"}
     assert parse_strategy("lr-bound:prior:uniform") == ("lr-bound", "prior:uniform")

@@ -7,8 +7,13 @@ This module holds the names the command line needs without importing numpy.
 """
 
 #: how plans with equal bounds are ordered (``scoring.Scorer``); ``magnitude`` and ``lamp`` need
-#: the model's trained weights
-TIE_BREAKS = ("robust", "robust-analytic", "prior:uniform", "prior:erk", "magnitude", "lamp", "none")
+#: the model's trained weights; ``auto`` (the default) is one of them, with a bound floor, chosen
+#: by what the request holds (``request.resolve_auto``)
+TIE_BREAKS = ("auto", "robust", "robust-analytic", "prior:uniform", "prior:erk", "magnitude", "lamp", "none")
+#: what ``auto`` becomes: (tie-break, bound floor) with the model's trained weights, and without
+#: them; chosen by the evidence of docs/experiments.md ("The default, chosen by evidence")
+AUTO_WITH_WEIGHTS = ("lamp", "5%")
+AUTO_WITHOUT_WEIGHTS = ("prior:erk", "2")
 #: how the plan is searched on integer keep-counts after the grid (``integer.py``): ``auto``
 #: enumerates every allocation when there are few, else runs a local search; ``local`` always
 #: searches locally; ``off`` keeps the grid plan

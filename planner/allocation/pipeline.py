@@ -262,6 +262,7 @@ def assemble(target: Target, alloc: Allocation, extra: dict | None = None) -> Pl
         "certificate_covers": None if cert is None else alloc.covers,
         "rank_model": r.rank_model,
         "tie_break": r.tie_break,
+        **({"tie_break_requested": r.resolved_from} if r.resolved_from else {}),
         "grid": r.grid,
         "integer": r.integer,
         "objective": r.objective,
@@ -287,6 +288,7 @@ def run(request: PlanRequest, *, cache: RankCache | None = None, workers: int | 
     """The pipeline on a request. ``cache``, ``workers`` and ``progress`` change how fast the
     plan comes, never which plan: same request, same plan, byte for byte."""
     target = validate(request)
+    request = target.request  # tie-break auto resolved
     if request.pattern_aware:
         from planner.allocation.patterns import run_patterns
 
@@ -302,16 +304,25 @@ def run(request: PlanRequest, *, cache: RankCache | None = None, workers: int | 
         alloc = _finish(target, keep_scorer(target, cache), keeps, floor=False, certificate=None, status="FEASIBLE",
                         message=note)
         return assemble(target, alloc)
-    if request.integer == "auto":
+    return assemble(target, bound_allocation(target, cache=cache, workers=workers, progress=progress))
+
+
+def bound_allocation(target: Target, built: Built | None = None, *, cache=None, workers=None,
+                     progress=None) -> Allocation:
+    """The plan that maximizes the bound (ties by the tie-break): every integer plan scored when
+    there are few (``integer="auto"``), else the integer program on the grid (``built``, made
+    here when not given), polished."""
+    r = target.request
+    if r.integer == "auto":
         space = integer_space(target)
-        if exhaustive_applies(space, request.rank_model):
+        if exhaustive_applies(space, r.rank_model):
             alloc = allocate_exhaustive(target, space, cache=cache, workers=workers, progress=progress)
             if alloc is not None:
-                return assemble(target, alloc)
-    dgrid, cands = candidates(target)
-    built = build_problem(target, dgrid, cands, cache=cache, workers=workers, progress=progress)
-    alloc = allocate(target, built, cache=cache, workers=workers, progress=progress)
-    return assemble(target, alloc)
+                return alloc
+    if built is None:
+        dgrid, cands = candidates(target)
+        built = build_problem(target, dgrid, cands, cache=cache, workers=workers, progress=progress)
+    return allocate(target, built, cache=cache, workers=workers, progress=progress)
 
 
 def _run_without_chain(target: Target, *, cache=None, workers=None, progress=None) -> Plan:
@@ -334,7 +345,8 @@ def _run_without_chain(target: Target, *, cache=None, workers=None, progress=Non
 
 def _run_secondary(target: Target, *, cache=None, workers=None, progress=None) -> Plan:
     """The bound as a floor and the sensitivity objective (:mod:`.secondary`)."""
-    from planner.allocation.secondary import BoundFloor, allocate_floor, allocate_sensitivity, with_fixed
+    from planner.allocation.secondary import (FLOOR_MAX_COMBINATIONS, BoundFloor, FloorTooLarge, allocate_floor,
+                                              allocate_sensitivity, floor_line_search, with_fixed)
 
     r = target.request
     floor = None if r.bound_floor is None else BoundFloor.parse(r.bound_floor)
@@ -347,8 +359,21 @@ def _run_secondary(target: Target, *, cache=None, workers=None, progress=None) -
         return assemble(with_fixed(target, sa.keeps), alloc, sa.objective_entries(r.sensitivity))
     dgrid, cands = candidates(target)
     built = build_problem(target, dgrid, cands, cache=cache, workers=workers, progress=progress)
-    keeps, best, floor_bits = allocate_floor(target, built, floor, scorer, cache=cache, workers=workers,
-                                             progress=progress)
+    try:
+        keeps, best, floor_bits = allocate_floor(target, built, floor, scorer, cache=cache, workers=workers,
+                                                 progress=progress)
+    except FloorTooLarge as exc:
+        # too many grid plans to score: the bound's own plan (integer program and polish), then
+        # a line from the tie-break's plan toward it
+        base = bound_allocation(target, built, cache=cache, workers=workers, progress=progress)
+        keeps, best, floor_bits, t = floor_line_search(target, base.keeps, floor, scorer)
+        message = (f"{exc.count} grid plans within the weight budget, too many to score "
+                   f"(limit {FLOOR_MAX_COMBINATIONS}): the tie-break's plan moved toward the bound's plan "
+                   f"(t = {t:g} of the way) until the bound was within {floor} of the best known")
+        alloc = _finish(target, scorer, keeps, floor=False, certificate=base.certificate, status="FEASIBLE",
+                        solver="floor", message=message)
+        return assemble(target, alloc, {"best_log2_bound": round(best, 6), "floor_log2_bound": round(floor_bits, 6),
+                                        "floor_search": "line"})
     alloc = _finish(target, scorer, keeps, floor=False, certificate=best, status="OPTIMAL", solver="floor",
                     message=f"every grid plan scored; the tie-break chose among those within {floor} of the best")
     return assemble(target, alloc, {"best_log2_bound": round(best, 6), "floor_log2_bound": round(floor_bits, 6)})
@@ -372,7 +397,7 @@ def plan(
     time_limit: float | None = DEFAULT_TIME_LIMIT,
     threads: int = 1,
     seed: int = 0,
-    tie_break: str = "robust",
+    tie_break: str = "auto",
     integer: str = "auto",
     objective: str = "bound",
     bound_floor: float | str | None = None,
@@ -397,14 +422,17 @@ def plan(
     arguments are the fields of :class:`PlanRequest` (``patterns``, ``max_latency`` and
     ``latency_table``: a pattern-aware plan, :mod:`planner.allocation.patterns`; ``weights``:
     ``{layer name: array}`` for the ``magnitude`` / ``lamp`` tie-breaks, taken from the model
-    when ``arch`` is one). Raises :class:`InfeasibleError` when no plan meets the budgets.
+    when ``arch`` is one). The default tie-break ``auto`` keeps LAMP's allocation of the trained
+    ``weights`` (a model's own, or ``weights=``) while the bound stays within 5% of the best
+    plan's, and without weights takes the plan closest to ERK within 2 bits of the best
+    (:func:`~planner.allocation.request.resolve_auto`). Raises :class:`InfeasibleError` when no plan meets the budgets.
     """
     if arch is not None and not isinstance(arch, (str, Architecture)) and hasattr(arch, "named_modules"):
         from planner.pruning.model import model_layers, model_weights
 
         found = model_layers(arch, input_shape, prune_output=prune_output)
         architecture_info = architecture_info or {"model": type(arch).__name__, "input_size": found.input_size}
-        if weights is None and tie_break in WEIGHT_TIE_BREAKS:
+        if weights is None and (tie_break in WEIGHT_TIE_BREAKS or tie_break == "auto"):
             weights = model_weights(arch, list(found.layers))[0]
         layers, arch = list(found.layers), None
     request = PlanRequest.build(

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from planner.allocation import INTEGER_SEARCHES, OBJECTIVES, TIE_BREAKS
+from planner.allocation import AUTO_WITH_WEIGHTS, AUTO_WITHOUT_WEIGHTS, INTEGER_SEARCHES, OBJECTIVES, TIE_BREAKS
 from planner.core.arch import Architecture
 from planner.core.bound import check_input_dim
 from planner.core.rank import RANK_MODELS, check_density
@@ -113,7 +113,8 @@ class PlanRequest:
     - budgets: ``max_flops`` and any further :class:`ExtraBudget`;
     - objective: ``rank_model``, ``seed``, ``grid`` (candidates per layer), ``tie_break``
       (``magnitude`` and ``lamp`` rank the trained ``weights``: a mapping from layer name to
-      its weight array, every chain layer included),
+      its weight array, every chain layer included; ``auto``, the default, is resolved by
+      :func:`resolve_auto`),
       ``integer`` (the search on integer keep-counts after the grid, one of INTEGER_SEARCHES);
     - second criteria: ``objective`` (``bound`` or ``sensitivity``: the summed loss increase of
       the :class:`~planner.allocation.sensitivity.SensitivityTable` ``sensitivity``) and
@@ -138,7 +139,7 @@ class PlanRequest:
     rank_model: str = "sampled"
     seed: int = 0
     grid: int = DEFAULT_GRID
-    tie_break: str = "robust"
+    tie_break: str = "auto"
     integer: str = "auto"
     objective: str = "bound"
     bound_floor: float | str | None = None
@@ -153,6 +154,7 @@ class PlanRequest:
     max_latency: float | None = None
     latency_table: object = None
     weights: object = None  # {layer name: array}, for the magnitude / lamp tie-breaks
+    resolved_from: str | None = None  # "auto" once resolve_auto made the tie-break concrete
 
     @property
     def pattern_aware(self) -> bool:
@@ -242,13 +244,40 @@ def _check_tie_weights(r: PlanRequest) -> None:
                                f"the array given has {size}")
 
 
+def auto_applies_floor(r: PlanRequest) -> bool:
+    """Whether the default's bound floor applies to this request: objective ``bound`` on a ReLU
+    chain, not the paper's procedure, not a pattern-aware plan."""
+    return (r.objective == "bound" and r.solver != PAPER_SOLVER and not r.pattern_aware
+            and any(w.in_bound for w in r.layers))
+
+
+def resolve_auto(request: PlanRequest) -> PlanRequest:
+    """The request with tie-break ``auto`` (the default) made concrete, as chosen by the evidence
+    of docs/experiments.md: with the model's trained ``weights``, LAMP's allocation of them kept
+    while the bound stays within 5% of the best plan's (``lamp`` with floor ``5%``); without
+    weights, the plan closest to ERK within 2 bits of the best (``prior:erk`` with floor ``2``).
+    A ``bound_floor`` given replaces the default's. Where no floor applies (no ReLU chain,
+    objective ``sensitivity``, the paper's procedure, pattern-aware plans) ``auto`` orders exact
+    ties as ``robust`` does. Any other tie-break is returned unchanged."""
+    from dataclasses import replace
+
+    r = request
+    if r.tie_break != "auto":
+        return r
+    if not auto_applies_floor(r):
+        return replace(r, tie_break="robust", resolved_from="auto")
+    tie, floor = AUTO_WITH_WEIGHTS if r.weights is not None else AUTO_WITHOUT_WEIGHTS
+    return replace(r, tie_break=tie, bound_floor=floor if r.bound_floor is None else r.bound_floor,
+                   resolved_from="auto")
+
+
 def validate(request: PlanRequest) -> Target:
     """Step 1: check the request and resolve it into whole keep-counts and limits.
 
     Raises :class:`DensityError`, :class:`ProblemError`, :class:`RankModelError` on bad input and
     :class:`InfeasibleError` when the limits alone cannot meet the budgets.
     """
-    r = request
+    r = request = resolve_auto(request)
     if r.rank_model not in RANK_MODELS:
         raise RankModelError(f"unknown rank model {r.rank_model!r}; choose one of {', '.join(RANK_MODELS)}")
     if r.tie_break not in TIE_BREAKS:

@@ -39,6 +39,15 @@ FLOOR_MAX_COMBINATIONS = 250_000
 SENSITIVITY_SCALE = 1_000_000
 
 
+class FloorTooLarge(LimitError):
+    """A bound floor would score more chain combinations than FLOOR_MAX_COMBINATIONS."""
+
+    def __init__(self, count: int):
+        self.count = count
+        super().__init__(f"a bound floor scores every combination of the chain's candidates within the weight "
+                         f"budget: {count} here, above {FLOOR_MAX_COMBINATIONS}; give a coarser --grid")
+
+
 @dataclass(frozen=True)
 class BoundFloor:
     """Within ``value`` bits of the best bound, or within ``value`` (a fraction) of it."""
@@ -104,8 +113,7 @@ def chain_bounds(widths, input_dim: int, lists, dist, decision, limit: int, extr
     n = len(lists)
     count = within_budget(lists, decision, limit)
     if count > FLOOR_MAX_COMBINATIONS:
-        raise LimitError(f"a bound floor scores every combination of the chain's candidates within the weight "
-                         f"budget: {count} here, above {FLOOR_MAX_COMBINATIONS}; give a coarser --grid")
+        raise FloorTooLarge(count)
     dims = input_dims(widths, input_dim, caps)
     dec = set(decision)
     # the least the layers before i can spend, to prune suffixes that already overspend
@@ -170,6 +178,52 @@ def allocate_floor(target: Target, built, floor: BoundFloor, kscorer=None, *, ca
             kscorer.exact(tuple(free)) >= floor_bits - 1e-9 and kscorer.better_within_floor(tuple(free), tuple(keeps)):
         keeps = [int(k) for k in free]
     return keeps, best, floor_bits
+
+
+#: the steps of floor_line_search from the tie-break's plan (t = 0) to the bound's (t = 1)
+LINE_SEARCH_STEPS = 16
+
+
+def blend(a, b, t: float, space) -> list[int]:
+    """The integer plan ``(1 - t) a + t b`` of the decision layers (largest remainders rounded
+    up, ties to the earlier layer, so it spends the blended total), frozen layers at their size."""
+    out = list(a)
+    real = {i: (1.0 - t) * a[i] + t * b[i] for i in space.decision}
+    for i, v in real.items():
+        out[i] = int(math.floor(v + 1e-9))
+    total = int(round(sum(real.values())))
+    short = total - sum(out[i] for i in space.decision)
+    order = sorted(space.decision, key=lambda i: (-(real[i] - out[i]), i))
+    for i in order[:max(0, short)]:
+        if out[i] < space.hi[i]:
+            out[i] += 1
+    return out
+
+
+def floor_line_search(target: Target, bound_keeps, floor: BoundFloor, kscorer):
+    """A bound floor where the grid has too many plans to score: the tie-break's own plan
+    (:func:`tie_break_optimum`) when its exact bound is within ``floor`` of the best known plan
+    (``bound_keeps``, the bound's plan, or the tie-break's plan when that is higher), else the
+    first of the blends ``(1 - t) own + t bound_keeps``, t = 1/16, 2/16, ..., that meets the
+    budgets and the floor (t = 1 is ``bound_keeps`` itself). A search along one line, not over
+    the grid: the plan file says so. Returns ``(keeps, best_bits, floor_bits, t)``."""
+    from planner.allocation.integer import integer_space
+
+    space = integer_space(target)
+    bound_keeps = [int(k) for k in bound_keeps]
+    best = kscorer.exact(tuple(bound_keeps))
+    own = tie_break_optimum(target, space)
+    if own is None or not space.feasible(own):
+        return bound_keeps, best, floor.floor(best), 1.0
+    own = [int(k) for k in own]
+    best = max(best, kscorer.exact(tuple(own)))
+    floor_bits = floor.floor(best)
+    for step in range(LINE_SEARCH_STEPS + 1):
+        t = step / LINE_SEARCH_STEPS
+        keeps = own if step == 0 else bound_keeps if step == LINE_SEARCH_STEPS else blend(own, bound_keeps, t, space)
+        if space.feasible(keeps) and kscorer.exact(tuple(keeps)) >= floor_bits - 1e-9:
+            return keeps, best, floor_bits, t
+    return bound_keeps, best, floor_bits, 1.0
 
 
 def tie_break_optimum(target: Target, space=None) -> list[int] | None:

@@ -52,8 +52,12 @@ DATA_OPTIONS = ("calibration", "labels", "dataset", "data_dir", "samples")
 @click.option("--prune-output", is_flag=True, help="Prune the output layer too (at the global density).")
 @click.option("--max-flops", type=click.IntRange(min=1), default=None,
               help="Cap on multiply-accumulates per sample of the prunable layers (conv: per output position).")
-@click.option("--tie-break", type=click.Choice(TIE_BREAKS), default="robust", show_default=True,
-              help="How plans with equal bounds are ordered: robust (the bound at halved densities), "
+@click.option("--tie-break", type=click.Choice(TIE_BREAKS), default="auto", show_default=True,
+              help="How plans with equal bounds are ordered. auto (chosen by evidence, docs/experiments.md): "
+                   "with --weights, LAMP's allocation while the bound stays within 5%% of the best plan's "
+                   "(lamp, --bound-floor 5%%); without, the plan closest to ERK within 2 bits of the best "
+                   "(prior:erk, --bound-floor 2); a --bound-floor given replaces the default's. "
+                   "robust (the bound at halved densities; the former default), "
                    "prior:uniform / prior:erk (closest to that allocation), magnitude / lamp (most kept "
                    "squared magnitude / LAMP score mass of the --model's weights), none.")
 @click.option("--integer", type=click.Choice(INTEGER_SEARCHES), default="auto", show_default=True,
@@ -187,6 +191,8 @@ def plan_command(arch, model_spec, weights, input_shape, strategy, prune_output,
 
         if o["tie_break"] in ("magnitude", "lamp") and weight_arrays is None:
             raise click.UsageError(f"--tie-break {o['tie_break']} ranks trained weights: give --model (and --weights)")
+        if o["tie_break"] == "auto" and weights is None:
+            weight_arrays = None  # a factory's own weights are untrained: auto plans by the prior
         request = PlanRequest.build(net, layers=layers, prune_output=prune_output, architecture_info=info,
                                     sensitivity=table_, patterns=patterns, latency_table=latency_table,
                                     weights=weight_arrays,
@@ -236,6 +242,9 @@ def print_plan(result) -> None:
                    f"plan's {obj['best_log2_bound']:.4f})")
     if obj.get("uniform_log2_bound") is not None:
         click.echo(f"uniform log2 bound  {obj['uniform_log2_bound']:.4f}")
+    if obj.get("tie_break") is not None and obj.get("log2_bound") is not None:
+        auto = " (the default auto)" if obj.get("tie_break_requested") == "auto" else ""
+        click.echo(f"tie-break           {obj['tie_break']}{auto}")
     if obj.get("certificate_log2_upper") is not None:
         covered = ("no integer plan keeping the budget" if obj.get("certificate_covers") == "integers"
                    else "no plan on the grid")

@@ -61,7 +61,7 @@ class ExperimentError(PlannerError, ValueError):
 
 
 #: what plain ``lr-bound`` means: ``plan``'s default bound-guided strategy
-LR_BOUND_DEFAULT = "robust"
+LR_BOUND_DEFAULT = "auto"
 
 
 def lr_bound_options(name: str) -> dict:
@@ -193,6 +193,8 @@ def strategy_plan(strategy: str, arch, density: float, *, seed: int, rank_model:
             if model is None or calibration is None:
                 raise ExperimentError(f"{strategy} needs the dense model and a calibration set")
             options["sensitivity"] = _sensitivity_table(model, calibration, density, arch, cache)
+        if options.get("tie_break") == "auto" and weights is not None:
+            options["weights"] = weights  # the dense model is trained: auto ranks its weights
         if options.get("tie_break") in ("magnitude", "lamp"):
             if weights is None:
                 raise ExperimentError(f"{strategy} ranks the dense model's trained weights: none were given")

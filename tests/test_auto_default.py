@@ -183,7 +183,7 @@ def test_a_floor_too_large_to_score_searches_the_line_from_the_prior(monkeypatch
     assert bits(arch, sizes, got) == pytest.approx(p.objective["log2_bound"], abs=1e-6)
     assert p.objective["log2_bound"] >= p.objective["floor_log2_bound"] - 1e-6
     erk = keeps(baseline_plan("erk", arch, density=density, rank_model="analytic", cache=CACHE))[:2]
-    t = float(p.solver["message"].split("t = ")[1].split(" ")[0])
+    t = p.objective["floor_line_t"]
     if t == 0:
         assert got == erk
         return
@@ -209,7 +209,7 @@ def test_the_line_search_keeps_a_floor_erk_misses(monkeypatch):
     monkeypatch.setattr(secondary, "FLOOR_MAX_COMBINATIONS", 3)
     p = plan(arch, density=density, tie_break="prior:erk", bound_floor="0", rank_model="analytic", grid=12,
              cache=CACHE)
-    t = float(p.solver["message"].split("t = ")[1].split(" ")[0])
+    t = p.objective["floor_line_t"]
     assert t > 0 and keeps(p)[:2] != erk
     assert bits(arch, sizes, keeps(p)[:2]) >= p.objective["best_log2_bound"] - 1e-6
 

@@ -367,13 +367,15 @@ def _run_secondary(target: Target, *, cache=None, workers=None, progress=None) -
         # a line from the tie-break's plan toward it
         base = bound_allocation(target, built, cache=cache, workers=workers, progress=progress)
         keeps, best, floor_bits, t = floor_line_search(target, base.keeps, floor, scorer)
+        moved = ("the tie-break's own plan keeps it (t = 0)" if t == 0 else
+                 f"the tie-break's own plan moved t = {t:g} of the way toward the bound's plan to keep it")
         message = (f"{exc.count} grid plans within the weight budget, too many to score "
-                   f"(limit {FLOOR_MAX_COMBINATIONS}): the tie-break's plan moved toward the bound's plan "
-                   f"(t = {t:g} of the way) until the bound was within {floor} of the best known")
+                   f"(limit {FLOOR_MAX_COMBINATIONS}), so the floor is {floor} below the bound's own plan and "
+                   f"{moved}")
         alloc = _finish(target, scorer, keeps, floor=False, certificate=base.certificate, status="FEASIBLE",
                         solver="floor", message=message)
         return assemble(target, alloc, {"best_log2_bound": round(best, 6), "floor_log2_bound": round(floor_bits, 6),
-                                        "floor_search": "line"})
+                                        "floor_search": "line", "floor_line_t": t})
     alloc = _finish(target, scorer, keeps, floor=False, certificate=best, status="OPTIMAL", solver="floor",
                     message=f"every grid plan scored; the tie-break chose among those within {floor} of the best")
     return assemble(target, alloc, {"best_log2_bound": round(best, 6), "floor_log2_bound": round(floor_bits, 6)})

@@ -1,6 +1,6 @@
 """How plans compare: the exact bound, then the robustness tie-break.
 
-Under ``robust`` (the default) two plans compare by their exact log2 bound and, when those
+Under ``robust`` (the former default) two plans compare by their exact log2 bound and, when those
 round to the same 0.01 bits, by the bound with every density halved, quartered, ... seven
 times. ``robust-analytic`` scores the halved levels with the analytic rank model;
 ``prior:uniform`` and ``prior:erk`` prefer, among plans of equal bound, the one closest to that

@@ -9,7 +9,7 @@ distortion against the dense model and the SVCCA of every hidden layer against i
 (:mod:`planner.experiments.distortion`). The output layer stays dense under every strategy, as
 in the paper.
 
-Strategies: ``lr-bound`` (the planner, default tie-break ``robust``), ``lr-bound:<tie-break>``
+Strategies: ``lr-bound`` (the planner with plan's default tie-break, ``auto``), ``lr-bound:<tie-break>``
 (``robust``, ``robust-analytic``, ``prior:uniform``, ``prior:erk``, ``none``), any of those with
 ``@<floor>`` (the bound within that many bits, or percent, of the best; e.g.
 ``lr-bound:prior:erk@2``), ``lr-bound:sensitivity[@<floor>]`` (objective sensitivity, measured on

@@ -256,3 +256,12 @@ def test_cli_plan_ranks_weights_only_when_they_are_given(capsys, tmp_path):
 def test_cli_refuses_an_unknown_tie_break_in_one_line(capsys):
     code, out, err = run(capsys, "plan", "--arch", "64,20,20,10", "--density", "0.07", "--tie-break", "automatic")
     assert code == 2 and "automatic" in err and len(err.strip().splitlines()) <= 3
+
+
+def test_compare_keys_the_default_by_what_it_stands_for():
+    """A job store filled when plain lr-bound meant robust is not read back as the new default:
+    the auto strategies' job keys carry what auto stands for, the others are unchanged."""
+    from planner.experiments.compare import _auto_key
+
+    assert _auto_key("lr-bound") == {"auto": "lamp@5%"} == _auto_key("lr-bound:auto@3")
+    assert _auto_key("lr-bound:robust") == {} == _auto_key("erk") == _auto_key("lr-bound:lamp@5%")

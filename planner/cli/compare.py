@@ -44,9 +44,10 @@ def _parse_densities(text: str) -> list[float]:
               help="Comma list of global densities (kept fraction of the hidden-layer weights), or low: "
                    + ",".join(f"{d:g}" for d in LOW_DENSITIES) + " (down to where uniform pruning collapses).")
 @click.option("--strategies", default=",".join(DEFAULT_STRATEGIES), show_default=True,
-              help="Comma list of lr-bound, lr-bound:<tie-break>[@floor] (robust, robust-analytic, prior:uniform, "
-                   "prior:erk, none; floor in bits or %), lr-bound:sensitivity[@floor], uniform, uniform-plus, erk, "
-                   "global, lamp.")
+              help="Comma list of lr-bound (plan's default, tie-break auto: here lamp@5% of the trained "
+                   "weights), lr-bound:<tie-break>[@floor] (auto, robust, robust-analytic, prior:uniform, prior:erk, "
+                   "magnitude, lamp, none; floor in bits or %), lr-bound:sensitivity[@floor], uniform, uniform-plus, "
+                   "erk, global, lamp.")
 @click.option("--criteria", default="magnitude", show_default=True,
               help="Comma list of the within-layer criteria: magnitude, gradient (|w dL/dw|), undecayed "
                    "(|-w dL/dw + eps w^2|, eps = --weight-decay), random; gradient and undecayed are scored on "

@@ -114,6 +114,17 @@ def parse_strategy(name: str) -> tuple[str, str | None]:
                           "(lr-bound variants also take @<bound floor>, e.g. lr-bound:prior:erk@2)")
 
 
+def _auto_key(strategy: str) -> dict:
+    """What tie-break ``auto`` stands for, in the job keys of the strategies that use it: a job
+    store filled when ``lr-bound`` meant something else is not read back as this default."""
+    kind, variant = parse_strategy(strategy)
+    if kind == "lr-bound" and variant.partition("@")[0] == "auto":
+        from planner.allocation import AUTO_WITH_WEIGHTS
+
+        return {"auto": "@".join(AUTO_WITH_WEIGHTS)}
+    return {}
+
+
 def parse_strategies(strategies: str | Iterable[str]) -> list[str]:
     items = strategies.split(",") if isinstance(strategies, str) else list(strategies)
     out = []
@@ -445,7 +456,8 @@ def _compare(dataset, arch, densities, strategies, seeds, *, epochs, finetune_ep
     store = ResultStore(resume_dir, fixed) if resume_dir is not None else None
     dense_jobs = [Job(dense_fn, (dict(fixed, seed=seed),), spec=dict(fixed, job="dense", seed=seed),
                       label=f"seed {seed}: dense training") for seed in seeds]
-    pruned_specs = [dict(fixed, job="pruned", seed=seed, density=density, strategy=strategy, criterion=criterion)
+    pruned_specs = [dict(fixed, job="pruned", seed=seed, density=density, strategy=strategy, criterion=criterion,
+                         **_auto_key(strategy))
                     for seed in seeds for density in densities for strategy in strategies for criterion in criteria]
 
     def pruned_job(spec, trained=None) -> Job:

@@ -52,7 +52,7 @@ def test_auto_is_the_default_of_the_library_and_the_cli():
 
 @pytest.mark.parametrize("weights, floor, expected", [
     (None, None, ("prior:erk", "2")),
-    ({"fc1": np.ones((4, 8)), "fc2": np.ones((2, 4))}, None, ("lamp", "5%")),
+    ({"fc1": np.ones((4, 8)), "fc2": np.ones((2, 4))}, None, ("lamp", "2")),
     (None, "7", ("prior:erk", "7")),
     ({"fc1": np.ones((4, 8)), "fc2": np.ones((2, 4))}, "1%", ("lamp", "1%")),
 ])
@@ -113,7 +113,7 @@ def test_the_default_is_the_explicit_variant_byte_for_byte(arch, density):
 
 def test_the_default_with_a_models_weights_is_lamps_plan_where_it_keeps_the_floor():
     """A torch model given to plan(): its weights are taken as trained, and LAMP's own global
-    top-k (the baseline) is the plan when its bound is within 5% of the best."""
+    top-k (the baseline) is the plan when its bound is within 2 bits of the best."""
     import torch
 
     torch.manual_seed(0)
@@ -127,7 +127,8 @@ def test_the_default_with_a_models_weights_is_lamps_plan_where_it_keeps_the_floo
     layers = [planner.WeightLayer(n, *w.shape, frozen=n == "4") for n, w in weights.items()]
     base = baseline_plan("lamp", layers=layers,
                          density=0.07, weights=weights, rank_model="analytic", cache=CACHE)
-    assert p.objective["tie_break"] == "lamp" and p.objective["bound_floor"] == "5%"
+    assert p.objective["tie_break"] == "lamp" and p.objective["bound_floor"] == "2 bits"
+    assert p.objective["log2_bound"] >= p.objective["floor_log2_bound"] - 1e-6
     assert keeps(p)[:2] == keeps(base)[:2]
 
 
@@ -263,5 +264,5 @@ def test_compare_keys_the_default_by_what_it_stands_for():
     the auto strategies' job keys carry what auto stands for, the others are unchanged."""
     from planner.experiments.compare import _auto_key
 
-    assert _auto_key("lr-bound") == {"auto": "lamp@5%"} == _auto_key("lr-bound:auto@3")
+    assert _auto_key("lr-bound") == {"auto": "lamp@2"} == _auto_key("lr-bound:auto@3")
     assert _auto_key("lr-bound:robust") == {} == _auto_key("erk") == _auto_key("lr-bound:lamp@5%")

@@ -400,11 +400,11 @@ def test_compare_names_every_lr_bound_variant():
     from planner.experiments.compare import ExperimentError, lr_bound_options, parse_strategy, strategy_plan
 
     assert lr_bound_options("lr-bound") == {"tie_break": "auto"}
-    # plain lr-bound is plan's default: with the dense model's weights, LAMP's allocation within 5%
+    # plain lr-bound is plan's default: with the dense model's weights, LAMP's allocation within 2 bits
     w = {"fc1": np.ones((20, 64)), "fc2": np.ones((20, 20)), "fc3": np.ones((10, 20))}
     plain = strategy_plan("lr-bound", planner.Architecture.parse("64,20,20,10"), 0.05, seed=0, rank_model="analytic",
                           weights=w, cache=CACHE)
-    named = strategy_plan("lr-bound:lamp@5%", planner.Architecture.parse("64,20,20,10"), 0.05, seed=0,
+    named = strategy_plan("lr-bound:lamp@2", planner.Architecture.parse("64,20,20,10"), 0.05, seed=0,
                           rank_model="analytic", weights=w, cache=CACHE)
     assert plain.objective["tie_break"] == "lamp" and plain.objective["tie_break_requested"] == "auto"
     assert [layer.keep for layer in plain.layers] == [layer.keep for layer in named.layers]

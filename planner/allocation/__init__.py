@@ -12,7 +12,7 @@ This module holds the names the command line needs without importing numpy.
 TIE_BREAKS = ("auto", "robust", "robust-analytic", "prior:uniform", "prior:erk", "magnitude", "lamp", "none")
 #: what ``auto`` becomes: (tie-break, bound floor) with the model's trained weights, and without
 #: them; chosen by the evidence of docs/experiments.md ("The default, chosen by evidence")
-AUTO_WITH_WEIGHTS = ("lamp", "5%")
+AUTO_WITH_WEIGHTS = ("lamp", "2")
 AUTO_WITHOUT_WEIGHTS = ("prior:erk", "2")
 #: how the plan is searched on integer keep-counts after the grid (``integer.py``): ``auto``
 #: enumerates every allocation when there are few, else runs a local search; ``local`` always

@@ -425,7 +425,7 @@ def plan(
     ``latency_table``: a pattern-aware plan, :mod:`planner.allocation.patterns`; ``weights``:
     ``{layer name: array}`` for the ``magnitude`` / ``lamp`` tie-breaks, taken from the model
     when ``arch`` is one). The default tie-break ``auto`` keeps LAMP's allocation of the trained
-    ``weights`` (a model's own, or ``weights=``) while the bound stays within 5% of the best
+    ``weights`` (a model's own, or ``weights=``) while the bound stays within 2 bits of the best
     plan's, and without weights takes the plan closest to ERK within 2 bits of the best
     (:func:`~planner.allocation.request.resolve_auto`). Raises :class:`InfeasibleError` when no plan meets the budgets.
     """

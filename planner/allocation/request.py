@@ -254,7 +254,7 @@ def auto_applies_floor(r: PlanRequest) -> bool:
 def resolve_auto(request: PlanRequest) -> PlanRequest:
     """The request with tie-break ``auto`` (the default) made concrete, as chosen by the evidence
     of docs/experiments.md: with the model's trained ``weights``, LAMP's allocation of them kept
-    while the bound stays within 5% of the best plan's (``lamp`` with floor ``5%``); without
+    while the bound stays within 2 bits of the best plan's (``lamp`` with floor ``2``); without
     weights, the plan closest to ERK within 2 bits of the best (``prior:erk`` with floor ``2``).
     A ``bound_floor`` given replaces the default's. Where no floor applies (no ReLU chain,
     objective ``sensitivity``, the paper's procedure, pattern-aware plans) ``auto`` orders exact

@@ -44,7 +44,7 @@ def _parse_densities(text: str) -> list[float]:
               help="Comma list of global densities (kept fraction of the hidden-layer weights), or low: "
                    + ",".join(f"{d:g}" for d in LOW_DENSITIES) + " (down to where uniform pruning collapses).")
 @click.option("--strategies", default=",".join(DEFAULT_STRATEGIES), show_default=True,
-              help="Comma list of lr-bound (plan's default, tie-break auto: here lamp@5% of the trained "
+              help="Comma list of lr-bound (plan's default, tie-break auto: here lamp@2 of the trained "
                    "weights), lr-bound:<tie-break>[@floor] (auto, robust, robust-analytic, prior:uniform, prior:erk, "
                    "magnitude, lamp, none; floor in bits or %), lr-bound:sensitivity[@floor], uniform, uniform-plus, "
                    "erk, global, lamp.")

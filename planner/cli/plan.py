@@ -54,8 +54,8 @@ DATA_OPTIONS = ("calibration", "labels", "dataset", "data_dir", "samples")
               help="Cap on multiply-accumulates per sample of the prunable layers (conv: per output position).")
 @click.option("--tie-break", type=click.Choice(TIE_BREAKS), default="auto", show_default=True,
               help="How plans with equal bounds are ordered. auto (chosen by evidence, docs/experiments.md): "
-                   "with --weights, LAMP's allocation while the bound stays within 5%% of the best plan's "
-                   "(lamp, --bound-floor 5%%); without, the plan closest to ERK within 2 bits of the best "
+                   "with --weights, LAMP's allocation while the bound stays within 2 bits of the best plan's "
+                   "(lamp, --bound-floor 2); without, the plan closest to ERK within 2 bits of the best "
                    "(prior:erk, --bound-floor 2); a --bound-floor given replaces the default's. "
                    "robust (the bound at halved densities; the former default), "
                    "prior:uniform / prior:erk (closest to that allocation), magnitude / lamp (most kept "

@@ -10,3 +10,17 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SPARSITY_PLANNER_CACHE_DIR", str(tmp_path_factory.mktemp("rank-cache")))
     monkeypatch.setattr(rank, "_default_cache", None)
     yield
+
+
+@pytest.fixture
+def cli(capsys):
+    """The command line run in this process: ``cli("plan", "--arch", ...)`` gives (exit code,
+    stdout, stderr) of that one call."""
+    from planner.cli import main
+
+    def run(*argv):
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

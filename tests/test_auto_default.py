@@ -19,7 +19,6 @@ from planner import RankCache, plan
 from planner.allocation import AUTO_WITH_WEIGHTS, AUTO_WITHOUT_WEIGHTS
 from planner.allocation.baselines import baseline_plan
 from planner.allocation.request import PlanRequest, resolve_auto
-from planner.cli import main
 
 CACHE = RankCache(disk=False)
 
@@ -218,15 +217,11 @@ def test_the_line_search_keeps_a_floor_erk_misses(monkeypatch):
 # ---------------------------------------------------------------------------------- the CLI
 
 
-def run(capsys, *args):
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
-def test_cli_plan_names_the_default_and_its_rule(capsys, tmp_path):
+def test_cli_plan_names_the_default_and_its_rule(cli, tmp_path):
     out = tmp_path / "p.json"
-    code, text, _ = run(capsys, "plan", "--arch", "64,20,20,10", "--density", "0.07", "--rank-model", "analytic",
+    code, text, _ = cli("plan", "--arch", "64,20,20,10", "--density", "0.07", "--rank-model", "analytic",
                         "-o", str(out), "--no-cache")
     assert code == 0, text
     assert "tie-break           prior:erk (the default auto)" in text
@@ -234,7 +229,7 @@ def test_cli_plan_names_the_default_and_its_rule(capsys, tmp_path):
     assert data["objective"]["tie_break"] == "prior:erk" and data["objective"]["tie_break_requested"] == "auto"
 
 
-def test_cli_plan_ranks_weights_only_when_they_are_given(capsys, tmp_path):
+def test_cli_plan_ranks_weights_only_when_they_are_given(cli, tmp_path):
     """--model without --weights: a factory's weights are untrained, so auto plans by ERK;
     with --weights, by LAMP's allocation of them."""
     import torch
@@ -246,16 +241,16 @@ def test_cli_plan_ranks_weights_only_when_they_are_given(capsys, tmp_path):
     torch.save(model.state_dict(), w)
     base = ["plan", "--model", "examples.models:digits_mlp", "--density", "0.05", "--rank-model", "analytic", "--json",
             "--no-cache"]
-    code, plain, _ = run(capsys, *base)
+    code, plain, _ = cli(*base)
     assert code == 0, plain
-    code, weighted, _ = run(capsys, *base, "--weights", str(w))
+    code, weighted, _ = cli(*base, "--weights", str(w))
     assert code == 0, weighted
     assert json.loads(plain)["objective"]["tie_break"] == "prior:erk"
     assert json.loads(weighted)["objective"]["tie_break"] == "lamp"
 
 
-def test_cli_refuses_an_unknown_tie_break_in_one_line(capsys):
-    code, out, err = run(capsys, "plan", "--arch", "64,20,20,10", "--density", "0.07", "--tie-break", "automatic")
+def test_cli_refuses_an_unknown_tie_break_in_one_line(cli):
+    code, out, err = cli("plan", "--arch", "64,20,20,10", "--density", "0.07", "--tie-break", "automatic")
     assert code == 2 and "automatic" in err and len(err.strip().splitlines()) <= 3
 
 

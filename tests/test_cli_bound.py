@@ -8,14 +8,9 @@ import sys
 import pytest
 
 from planner.core.bound import dense_log2_bound, expected_bound
-from planner.cli import main
 from planner.core.rank import RankCache
 
 
-def run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_matches_library(data, arch, density, *, rank_model="sampled", input_dim=None, seed=0):
@@ -47,11 +42,11 @@ def assert_matches_library(data, arch, density, *, rank_model="sampled", input_d
         ("8,10,6,3", "0.3,0.6", "svd", None),
     ],
 )
-def test_bound_json_equals_library(capsys, arch, density, rank_model, input_dim):
+def test_bound_json_equals_library(cli, arch, density, rank_model, input_dim):
     argv = ["bound", "--arch", arch, "--density", density, "--rank-model", rank_model, "--json"]
     if input_dim is not None:
         argv += ["--input-dim", str(input_dim)]
-    code, out, err = run(capsys, *argv)
+    code, out, err = cli(*argv)
     assert code == 0, err
     data = json.loads(out)
     values = [float(v) for v in density.split(",")]
@@ -62,24 +57,24 @@ def test_bound_json_equals_library(capsys, arch, density, rank_model, input_dim)
     assert data["input_dim"] == (sizes[0] if input_dim is None else input_dim)
 
 
-def test_dense_json_is_the_closed_form(capsys):
-    code, out, err = run(capsys, "bound", "--arch", "784,100,100,10", "--density", "1", "--json")
+def test_dense_json_is_the_closed_form(cli):
+    code, out, err = cli("bound", "--arch", "784,100,100,10", "--density", "1", "--json")
     assert code == 0, err
     data = json.loads(out)
     assert data["log2_bound"] == pytest.approx(199.0791, abs=5e-5)
     assert [l["expected_rank"] for l in data["layers"]] == [100, 100]
 
 
-def test_seed_option_reaches_the_sampler(capsys):
-    code, out, _ = run(capsys, "bound", "--arch", "60,40,30,10", "--density", "0.05", "--seed", "9", "--json")
+def test_seed_option_reaches_the_sampler(cli):
+    code, out, _ = cli("bound", "--arch", "60,40,30,10", "--density", "0.05", "--seed", "9", "--json")
     assert code == 0
     data = json.loads(out)
     assert data["seed"] == 9
     assert_matches_library(data, "60,40,30,10", 0.05, seed=9)
 
 
-def test_bound_table_output(capsys):
-    code, out, err = run(capsys, "bound", "--arch", "784,20,20,10", "--density", "0.2", "--rank-model", "analytic")
+def test_bound_table_output(cli):
+    code, out, err = cli("bound", "--arch", "784,20,20,10", "--density", "0.2", "--rank-model", "analytic")
     assert code == 0 and err == ""
     report = expected_bound("784,20,20,10", 0.2, rank_model="analytic")
     assert f"{report.log2_bound:.4f}" in out
@@ -87,8 +82,8 @@ def test_bound_table_output(capsys):
     assert "fc1" in out and "fc2" in out
 
 
-def test_sweep_json_equals_library(capsys):
-    code, out, err = run(capsys, "bound", "--arch", "784,100,100,10", "--sweep", "0.005,0.05,1", "--json")
+def test_sweep_json_equals_library(cli):
+    code, out, err = cli("bound", "--arch", "784,100,100,10", "--sweep", "0.005,0.05,1", "--json")
     assert code == 0, err
     data = json.loads(out)
     assert data["dense_log2_bound"] == pytest.approx(199.0791, abs=5e-5)
@@ -101,8 +96,8 @@ def test_sweep_json_equals_library(capsys):
     assert data["sweep"][0]["log2_bound"] < data["sweep"][-1]["log2_bound"]
 
 
-def test_sweep_table(capsys):
-    code, out, err = run(capsys, "bound", "--arch", "64,30,30,10", "--sweep", "0.1, 0.5", "--rank-model", "analytic",
+def test_sweep_table(cli):
+    code, out, err = cli("bound", "--arch", "64,30,30,10", "--sweep", "0.1, 0.5", "--rank-model", "analytic",
                          "--input-dim", "2")
     assert code == 0 and err == ""
     for p in (0.1, 0.5):
@@ -110,21 +105,21 @@ def test_sweep_table(capsys):
     assert f"{dense_log2_bound((64, 30, 30), 2):.4f}" in out
 
 
-def test_vanishing_density(capsys):
+def test_vanishing_density(cli):
     # every rank is 0 with probability >= 1 - 1e-15: log2 of one region
-    code, out, err = run(capsys, "bound", "--arch", "784,100,100,10", "--density", "1e-20", "--json")
+    code, out, err = cli("bound", "--arch", "784,100,100,10", "--density", "1e-20", "--json")
     assert code == 0, err
     assert json.loads(out)["log2_bound"] == 0.0
 
 
-def test_cache_dir_and_no_cache(capsys, tmp_path, monkeypatch):
+def test_cache_dir_and_no_cache(cli, tmp_path, monkeypatch):
     env_dir = tmp_path / "env"
     monkeypatch.setenv("SPARSITY_PLANNER_CACHE_DIR", str(env_dir))
-    code, out1, _ = run(capsys, "bound", "--arch", "60,40,30,10", "--density", "0.05", "--json",
+    code, out1, _ = cli("bound", "--arch", "60,40,30,10", "--density", "0.05", "--json",
                         "--cache-dir", str(tmp_path / "mine"))
     assert code == 0
     assert len(list((tmp_path / "mine").glob("*.json"))) == 2
-    code, out2, _ = run(capsys, "bound", "--arch", "60,40,30,10", "--density", "0.05", "--json", "--no-cache")
+    code, out2, _ = cli("bound", "--arch", "60,40,30,10", "--density", "0.05", "--json", "--no-cache")
     assert code == 0
     assert not env_dir.exists()
     assert json.loads(out1)["log2_bound"] == json.loads(out2)["log2_bound"]
@@ -186,9 +181,9 @@ BAD = {
 
 
 @pytest.mark.parametrize("name", list(BAD))
-def test_bad_input_is_one_line_and_exit_2(capsys, name):
+def test_bad_input_is_one_line_and_exit_2(cli, name):
     argv, needle = BAD[name]
-    code, out, err = run(capsys, "bound", *argv)
+    code, out, err = cli("bound", *argv)
     assert code == 2, (out, err)
     assert out == ""
     assert "Traceback" not in err
@@ -199,11 +194,11 @@ def test_bad_input_is_one_line_and_exit_2(capsys, name):
         assert needle in lines[0]
 
 
-def test_unknown_command(capsys):
-    code, out, err = run(capsys, "bounds", "--arch", "784,100,10")
+def test_unknown_command(cli):
+    code, out, err = cli("bounds", "--arch", "784,100,10")
     assert code == 2 and out == "" and len(err.splitlines()) == 1
 
 
-def test_help(capsys):
-    code, out, err = run(capsys, "bound", "--help")
+def test_help(cli):
+    code, out, err = cli("bound", "--help")
     assert code == 0 and "--sweep" in out and "--rank-model" in out and err == ""

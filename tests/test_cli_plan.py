@@ -6,19 +6,14 @@ import sys
 
 import pytest
 
-from planner.cli import main
 from planner.allocation.planfile import Plan
 
 
-def run(capsys, *args):
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
-def test_plan_json_and_output_file(capsys, tmp_path):
+def test_plan_json_and_output_file(cli, tmp_path):
     target = tmp_path / "plan.json"
-    code, out, err = run(capsys, "plan", "--arch", "64,32,16,10", "--density", "0.1", "--rank-model", "analytic",
+    code, out, err = cli("plan", "--arch", "64,32,16,10", "--density", "0.1", "--rank-model", "analytic",
                          "--json", "-o", str(target))
     assert code == 0, err
     data = json.loads(out)
@@ -29,14 +24,14 @@ def test_plan_json_and_output_file(capsys, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["plan.json"]  # no temporary left behind
 
 
-def test_plan_table(capsys):
-    code, out, _ = run(capsys, "plan", "--arch", "64,32,16,10", "--keep", "300", "--rank-model", "analytic",
+def test_plan_table(cli):
+    code, out, _ = cli("plan", "--arch", "64,32,16,10", "--keep", "300", "--rank-model", "analytic",
                        "--tie-break", "robust")
     assert code == 0
     assert "fc1" in out and "fc3" in out and "frozen" in out
     assert "kept 300 of 2560 prunable weights" in out
     assert "certificate" in out and "exhaustive (OPTIMAL" in out  # 299 integer plans: all scored
-    code, out, _ = run(capsys, "plan", "--arch", "64,32,16,10", "--keep", "300", "--rank-model", "analytic",
+    code, out, _ = cli("plan", "--arch", "64,32,16,10", "--keep", "300", "--rank-model", "analytic",
                        "--integer", "off", "--tie-break", "robust")
     assert code == 0 and "no plan on the grid exceeds" in out and "cpsat (OPTIMAL)" in out
 
@@ -56,19 +51,19 @@ def test_plan_table(capsys):
         (["--arch", "784,300,10", "--density", "0.1", "--tie-break", "coin"], "tie-break"),
     ],
 )
-def test_bad_input_exit_2_one_line_no_file(capsys, tmp_path, args, message):
+def test_bad_input_exit_2_one_line_no_file(cli, tmp_path, args, message):
     target = tmp_path / "plan.json"
-    code, out, err = run(capsys, "plan", *args, "--rank-model", "analytic", "-o", str(target))
+    code, out, err = cli("plan", *args, "--rank-model", "analytic", "-o", str(target))
     assert code == 2
     assert err.count("\n") == 1 and "Traceback" not in err
     assert message in err
     assert not target.exists()
 
 
-def test_existing_output_survives_a_failed_run(capsys, tmp_path):
+def test_existing_output_survives_a_failed_run(cli, tmp_path):
     target = tmp_path / "plan.json"
     target.write_text("old")
-    code, _, _ = run(capsys, "plan", "--arch", "784,300,100,10", "--density", "0.05", "--min-density", "0.9",
+    code, _, _ = cli("plan", "--arch", "784,300,100,10", "--density", "0.05", "--min-density", "0.9",
                      "-o", str(target))
     assert code == 2 and target.read_text() == "old"
 

@@ -220,7 +220,7 @@ def floor_line_search(target: Target, bound_keeps, floor: BoundFloor, kscorer):
     floor_bits = floor.floor(best)
     for step in range(LINE_SEARCH_STEPS + 1):
         t = step / LINE_SEARCH_STEPS
-        keeps = own if step == 0 else bound_keeps if step == LINE_SEARCH_STEPS else blend(own, bound_keeps, t, space)
+        keeps = blend(own, bound_keeps, t, space)  # own at t = 0, bound_keeps at t = 1
         if space.feasible(keeps) and kscorer.exact(tuple(keeps)) >= floor_bits - 1e-9:
             return keeps, best, floor_bits, t
     return bound_keeps, best, floor_bits, 1.0

@@ -22,7 +22,7 @@ import os
 import statistics
 
 
-def run_name(path: str, rows: list[dict]) -> str:
+def run_name(path: str) -> str:
     """The run's folder name (``compare --out DIR``), else the file name."""
     parent = os.path.basename(os.path.dirname(os.path.abspath(path)))
     return parent or os.path.basename(path)
@@ -33,7 +33,7 @@ def points(path: str, baselines: list[str]) -> tuple[list[dict], list[str]]:
     differences (mean, SE) to that best and to uniform and ERK."""
     with open(path) as fh:
         rows = json.load(fh)["results"]
-    name = run_name(path, rows)
+    name = run_name(path)
     acc: dict = collections.defaultdict(dict)
     order: list[str] = []
     for r in rows:
